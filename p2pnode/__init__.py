@@ -1,0 +1,67 @@
+"""p2pnode — node software of an open peer-to-peer GPU compute network.
+
+Layout (folders are capabilities; see ../shared/DESIGN.md for the wire contract):
+
+* ``identity``  one Ed25519 key = libp2p PeerID = Solana keypair
+* ``wire``      msgpack signed envelopes, message schemas, size limits, stream framing
+* ``store``     SQLite state, fsynced before money is acknowledged
+* ``config``    TOML node configuration
+* ``net/``      libp2p host, gossip validators, discovery
+* ``market/``   offers and the offer book, negotiation, pricing, reputation
+* ``compute/``  devices, capacity attestation, verified job kinds, sandbox
+* ``chain/``    Solana RPC under trio, localnet, genesis, emission, stake, payment channels, rewards
+* ``provider``, ``renter``, ``operator``  the three roles composed from the above
+* ``cli/``      the ``p2pnode`` command
+
+The public API is re-exported here name by name; everything not listed may change. Importing this package never
+imports torch (the renter is a light client).
+"""
+
+from .errors import ConfigError, P2PNodeError, ProtocolError, UserError
+from .identity import Identity, KeyFileError
+from .config import NodeConfig, load_config
+from .store import Store
+from .wire import (
+    BadSignature,
+    Device,
+    FrameError,
+    MalformedMessage,
+    Message,
+    Offer,
+    OversizeMessage,
+    SchemaError,
+    Signed,
+    UnknownType,
+    UnknownVersion,
+    WireError,
+    open_envelope,
+    seal,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BadSignature",
+    "ConfigError",
+    "Device",
+    "FrameError",
+    "Identity",
+    "KeyFileError",
+    "MalformedMessage",
+    "Message",
+    "NodeConfig",
+    "Offer",
+    "OversizeMessage",
+    "P2PNodeError",
+    "ProtocolError",
+    "SchemaError",
+    "Signed",
+    "Store",
+    "UnknownType",
+    "UnknownVersion",
+    "UserError",
+    "WireError",
+    "load_config",
+    "open_envelope",
+    "seal",
+]

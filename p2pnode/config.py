@@ -1,0 +1,167 @@
+"""Node configuration: one TOML file per node home, every CLI flag also settable there.
+
+Each capability owns one section (a dataclass below); the CLI only overrides fields that were given on the
+command line. Unknown sections or keys and wrongly typed values are a :class:`ConfigError` naming the key, so a
+typo never silently falls back to a default. Network-wide parameters that all nodes must agree on (mint, multisig,
+fees) come from the genesis output ``network.json`` instead, read by :mod:`p2pnode.chain`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+DEFAULT_HOME = Path(os.environ.get("P2PNODE_HOME", "~/.p2pnode")).expanduser()
+IO_DECIMALS = 8
+IO = 10**IO_DECIMALS  # base units per IO
+
+
+@dataclass
+class NetConfig:
+    """libp2p host: where to listen, what to announce, whom to ask first."""
+
+    listen: list[str] = field(default_factory=lambda: ["/ip4/0.0.0.0/tcp/4001"])
+    announce: list[str] = field(default_factory=list)  # external addresses to advertise (NAT, port forward)
+    bootstrap: list[str] = field(default_factory=list)  # full /p2p/ multiaddrs of seed peers
+    heartbeat_s: float = 1.0
+    dial_timeout_s: float = 10.0
+    max_peers: int = 64
+
+
+@dataclass
+class OfferConfig:
+    """What a provider asks for its devices."""
+
+    price: int = 2 * IO  # IO base units per device-hour
+    min_s: int = 10
+    max_s: int = 24 * 3600
+    republish_s: float = 60.0
+    ttl_s: int = 300  # expires_at = now + ttl_s (<= 600 by the wire contract)
+    payout: str = ""  # Solana address; "" = the node's own address
+
+
+@dataclass
+class ChainConfig:
+    """Where settlement happens; changing rpc_url is all it takes to move from localnet to devnet/mainnet."""
+
+    rpc_url: str = "http://127.0.0.1:8899"
+    network_file: str = ""  # genesis output (network.json); "" = <home>/network.json
+    fee_bps: int = 25
+    confirm_timeout_s: float = 30.0
+
+
+@dataclass
+class ComputeConfig:
+    """Limits on what a provider lets jobs use."""
+
+    max_memory_bytes: int = 0  # 0 = all the machine has (cpu device); caps the cpu offer otherwise
+    job_timeout_s: float = 3600.0
+
+
+@dataclass
+class NodeConfig:
+    """Everything a node reads at start; sections map one-to-one to TOML tables."""
+
+    home: Path = DEFAULT_HOME
+    net: NetConfig = field(default_factory=NetConfig)
+    offer: OfferConfig = field(default_factory=OfferConfig)
+    chain: ChainConfig = field(default_factory=ChainConfig)
+    compute: ComputeConfig = field(default_factory=ComputeConfig)
+
+    @property
+    def key_file(self) -> Path:
+        return self.home / "identity.json"
+
+    @property
+    def db_file(self) -> Path:
+        return self.home / "node.db"
+
+    @property
+    def config_file(self) -> Path:
+        return self.home / "config.toml"
+
+    @property
+    def network_file(self) -> Path:
+        return Path(self.chain.network_file).expanduser() if self.chain.network_file else self.home / "network.json"
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    origin = typing.get_origin(hint)
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list")
+        return [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+    if hint is Path:
+        if not isinstance(value, (str, Path)):
+            raise ConfigError(f"{where}: expected a path string")
+        return Path(value).expanduser()
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number")
+        return float(value)
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer")
+        return value
+    if hint in (str, bool):
+        if not isinstance(value, hint):
+            raise ConfigError(f"{where}: expected a {hint.__name__}")
+        return value
+    raise ConfigError(f"{where}: unsupported setting type {hint!r}")
+
+
+def _apply(obj: Any, data: dict[str, Any], where: str) -> None:
+    hints = typing.get_type_hints(type(obj))
+    names = {f.name for f in dataclasses.fields(obj)}
+    for key, value in data.items():
+        if key not in names:
+            raise ConfigError(f"{where}: unknown setting {key!r} (known: {', '.join(sorted(names))})")
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}.{key}: expected a table")
+            _apply(getattr(obj, key), value, f"{where}.{key}")
+        else:
+            setattr(obj, key, _coerce(value, hint, f"{where}.{key}"))
+
+
+def load_config(path: Path | None = None, *, home: Path | None = None,
+                overrides: dict[str, dict[str, Any]] | None = None) -> NodeConfig:
+    """Defaults, then the TOML file (explicit `path`, else <home>/config.toml if present), then CLI overrides.
+
+    `overrides` maps section -> {key: value}; None values are skipped (flags not given).
+    """
+    cfg = NodeConfig()
+    if home is not None:
+        cfg.home = Path(home).expanduser()
+    file = Path(path).expanduser() if path else cfg.config_file
+    if path is not None and not file.exists():
+        raise ConfigError(f"{file}: config file not found")
+    if file.exists():
+        try:
+            data = tomllib.loads(file.read_text())
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{file}: cannot read ({exc})")
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{file}: invalid TOML ({exc})")
+        file_home = data.pop("home", None)
+        if file_home is not None and home is None:
+            cfg.home = _coerce(file_home, Path, f"{file}: home")
+        _apply(cfg, data, str(file))
+    for section, values in (overrides or {}).items():
+        present = {k: v for k, v in values.items() if v is not None and v != [] and v != ()}
+        if present:
+            _apply(cfg, {section: present}, "command line")
+    if cfg.offer.ttl_s > 600 or cfg.offer.ttl_s <= 0:
+        raise ConfigError("offer.ttl_s must be in (0, 600]: peers reject offers expiring more than 10 min ahead")
+    if cfg.offer.min_s > cfg.offer.max_s:
+        raise ConfigError("offer.min_s must not exceed offer.max_s")
+    return cfg
