@@ -33,6 +33,9 @@ class NetConfig:
     heartbeat_s: float = 1.0
     dial_timeout_s: float = 10.0
     max_peers: int = 64
+    max_msgs_per_peer_topic_s: float = 50.0  # gossip spam limit per relaying peer; our own publishes are exempt
+    invalid_msg_weight: float = 10.0  # GossipSub P4 weight: score lost per rejected message (positive = penalise)
+    graylist_score: float = -100.0  # a peer scoring below this is ignored until its score decays back
 
 
 @dataclass

@@ -1,0 +1,102 @@
+"""The provider node: a network node that publishes its capacity offer and keeps the offer book.
+
+Composition, not inheritance of behaviour: :class:`ProviderNode` owns a :class:`~p2pnode.net.node.NetNode`
+(host, gossip, discovery, book, status) and an :class:`~p2pnode.market.offers.OfferPublisher`. The marketplace
+adds job handling by registering stream handlers on ``node.net.host`` and starting tasks in ``node.nursery``
+inside the same ``async with`` — nothing here needs to change for that.
+
+    async with ProviderNode.start(cfg) as node:     # or: ProviderNode(cfg, identity=...).running()
+        await trio.sleep_forever()
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+
+import trio
+
+from .config import NodeConfig
+from .identity import Identity
+from .market.offers import OfferPublisher, offer_devices_from_config
+from .net.node import PROVIDER, NetNode
+from .store import Store
+from .wire import Device
+
+log = logging.getLogger(__name__)
+
+
+class ProviderNode:
+    """A provider: gossips its offer (devices from the compute capability unless given) and books everyone's."""
+
+    def __init__(self, cfg: NodeConfig, *, identity: Identity | None = None, store: Store | None = None,
+                 devices: Sequence[Device] | Callable[[], Sequence[Device]] | None = None) -> None:
+        self.cfg = cfg
+        self.identity = identity or Identity.load(cfg.key_file)
+        self._own_store = store is None
+        self.store = store if store is not None else Store(cfg.db_file)
+        if devices is None:
+            detected = offer_devices_from_config(cfg)
+            self._devices: Callable[[], Sequence[Device]] = lambda: detected
+        elif callable(devices):
+            self._devices = devices
+        else:
+            fixed = list(devices)
+            self._devices = lambda: fixed
+        self.net = NetNode(self.identity, cfg.net, PROVIDER, home=cfg.home)
+        self.publisher = OfferPublisher(self.identity, self.store, cfg.offer, self._publish, self._devices,
+                                        self._offer_addrs)
+        self.nursery: trio.Nursery | None = None
+
+    @classmethod
+    @asynccontextmanager
+    async def start(cls, cfg: NodeConfig, **kwargs) -> AsyncIterator["ProviderNode"]:
+        node = cls(cfg, **kwargs)
+        async with node.running():
+            yield node
+
+    @property
+    def peer_id(self) -> str:
+        return self.identity.peer_id
+
+    @property
+    def book(self):
+        return self.net.book
+
+    def addrs(self) -> list[str]:
+        return self.net.addrs()
+
+    def _offer_addrs(self) -> list[str]:
+        return self.net.addrs()
+
+    async def _publish(self, topic: str, data: bytes) -> None:
+        assert self.net.gossip is not None
+        await self.net.gossip.publish(topic, data)
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator["ProviderNode"]:
+        try:
+            async with self.net.running(), trio.open_nursery() as nursery:
+                self.nursery = nursery
+                await nursery.start(self.publisher.run)
+                nursery.start_soon(self._track_seq)
+                try:
+                    yield self
+                finally:
+                    nursery.cancel_scope.cancel()
+        finally:
+            self.nursery = None
+            if self._own_store:
+                self.store.close()
+
+    async def _track_seq(self) -> None:
+        while True:
+            if self.publisher.current is not None:
+                self.net.offer_seq = self.publisher.current.seq
+            await trio.sleep(0.5)
+
+    async def run(self) -> None:
+        """Run until cancelled (Ctrl-C in the CLI)."""
+        async with self.running():
+            await trio.sleep_forever()
