@@ -12,6 +12,7 @@ provider's first offer is never mistaken for a replay.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import time
@@ -64,7 +65,7 @@ class OfferValidator(TopicValidator):
         self._clock = clock
         self.clock_skew_s = clock_skew_s
         self.max_tracked = max_tracked
-        self._last: OrderedDict[str, tuple[int, int]] = OrderedDict()  # peer_id -> (seq, expires_at)
+        self._last: OrderedDict[str, tuple[int, int, bytes]] = OrderedDict()  # peer_id -> (seq, expires, sha256)
 
     def validate(self, msg: GossipMessage) -> Signed[Offer]:
         return self.check(msg.data, origin=msg.origin)
@@ -84,23 +85,28 @@ class OfferValidator(TopicValidator):
         if offer.expires_at > now + OFFER_MAX_AHEAD_S + self.clock_skew_s:
             raise OfferTooFarAhead(f"offer from {signer} expires {offer.expires_at - now:.0f} s ahead "
                                    f"(limit {OFFER_MAX_AHEAD_S} s)")
+        digest = hashlib.sha256(signed.raw).digest()
         last = self._last.get(signer)
         if last is not None and offer.seq <= last[0]:
+            if offer.seq == last[0] and digest == last[2]:
+                # The very offer we hold, reaching us a second way (book sync, then gossip): harmless, and the
+                # honest peer relaying it must not be penalised. The book ignores it (same seq).
+                return signed
             raise StaleSeq(f"offer from {signer} has seq {offer.seq}, not above the last seen {last[0]}")
-        self._remember(signer, offer.seq, offer.expires_at, now)
+        self._remember(signer, offer.seq, offer.expires_at, now, digest)
         return signed
 
     def last_seq(self, peer_id: str) -> int | None:
         last = self._last.get(peer_id)
         return last[0] if last else None
 
-    def _remember(self, peer_id: str, seq: int, expires_at: int, now: float) -> None:
-        self._last[peer_id] = (seq, expires_at)
+    def _remember(self, peer_id: str, seq: int, expires_at: int, now: float, digest: bytes) -> None:
+        self._last[peer_id] = (seq, expires_at, digest)
         self._last.move_to_end(peer_id)
         if len(self._last) > self.max_tracked:
             # Forget providers whose last offer expired long ago (their replays now fail the expiry check
             # anyway); if that is not enough, the least recently heard.
-            stale = [p for p, (_, exp) in self._last.items() if exp < now - OFFER_MAX_AHEAD_S]
+            stale = [p for p, (_, exp, _) in self._last.items() if exp < now - OFFER_MAX_AHEAD_S]
             for p in stale:
                 del self._last[p]
             while len(self._last) > self.max_tracked:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import trio
 
 from p2pnode.config import NetConfig, NodeConfig, OfferConfig
 from p2pnode.identity import Identity
@@ -38,3 +39,38 @@ def homes(tmp_path):
     def _make(name: str):
         return make_home(tmp_path, name)
     return _make
+
+
+class Running:
+    """A node running in its own task: `stop()` cancels it and waits until its host is closed."""
+
+    def __init__(self, node) -> None:
+        self.node = node
+        self.scope = trio.CancelScope()
+        self.done = trio.Event()
+
+    async def _run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            with self.scope:
+                async with self.node.running():
+                    task_status.started(self)
+                    await trio.sleep_forever()
+        finally:
+            self.done.set()
+
+    async def stop(self) -> None:
+        self.scope.cancel()
+        with trio.fail_after(10):
+            await self.done.wait()
+
+
+async def start(nursery, node) -> Running:
+    return await nursery.start(Running(node)._run)
+
+
+async def eventually(predicate, timeout: float = 10.0, interval: float = 0.1) -> bool:
+    with trio.move_on_after(timeout):
+        while not predicate():
+            await trio.sleep(interval)
+        return True
+    return False
