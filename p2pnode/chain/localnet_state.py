@@ -44,6 +44,7 @@ SLOTS_PER_EPOCH = 432_000
 SIGNATURE_FEE = 5_000  # LiteSVM's default lamports per signature
 _ADVANCE_NONCE = 4  # SystemInstruction::AdvanceNonceAccount
 _NONCE_ACCOUNT_LEN = 80
+MAX_SLOT_HASHES = 512  # the SlotHashes sysvar's length on a real cluster
 MAX_STATUS_RECORDS = 500_000  # in memory; older ones stay in the ledger (if any)
 
 
@@ -146,6 +147,7 @@ class LocalChain:
         self.genesis_hash = self.svm.latest_blockhash()
         self._window: OrderedDict[Hash, int] = OrderedDict()  # blockhash -> slot it was produced at
         self._window[self.genesis_hash] = 0
+        self._slot_hashes: list[tuple[int, Hash]] = [(0, self.genesis_hash)]  # newest first, like the sysvar
         self.records: OrderedDict[Signature, TxRecord] = OrderedDict()
         self.dirty: set[Pubkey] = set()
         self.pending: list[Signature] = []  # records not yet durable
@@ -162,19 +164,30 @@ class LocalChain:
         self.svm.set_clock(Clock(self.slot, 0, epoch, epoch, self.unix_time()))
 
     def tick(self) -> None:
-        """One slot: a new blockhash (the oldest leaves the window) and the clock follows wall time."""
+        """One slot: a new blockhash (the oldest leaves the window), SlotHashes and the clock follow."""
+        self._advance()
+        self._publish_slot_hashes()
+
+    def _advance(self) -> None:
         self.svm.expire_blockhash()
         self.slot += 1
         self._window[self.svm.latest_blockhash()] = self.slot
         while len(self._window) > MAX_PROCESSING_AGE + 1:
             self._window.popitem(last=False)
+        self._slot_hashes.insert(0, (self.slot, self.svm.latest_blockhash()))
+        del self._slot_hashes[MAX_SLOT_HASHES:]
         self._set_clock()
+
+    def _publish_slot_hashes(self) -> None:
+        """SlotHashes must move like on a cluster: address lookup tables are created from a recent slot in it."""
+        self.svm.set_slot_hashes(self._slot_hashes)
 
     def replay_ticks(self, slots: int) -> None:
         """After a restart: walk LiteSVM's deterministic blockhash chain to where it was, so a blockhash (and so a
         durable nonce) is never produced twice and old transactions cannot become valid again."""
         for _ in range(slots):
-            self.tick()
+            self._advance()
+        self._publish_slot_hashes()
 
     def warp_clock(self, seconds: int) -> int:
         if not self.dev:
