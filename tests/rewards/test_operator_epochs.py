@@ -1,0 +1,125 @@
+"""The operators' epoch service on the real localnet: close epochs from stored signed attestations, gossip-ready
+signed manifests, pay in order, and two operators agree on the root."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from p2pnode.chain.emission import hour_emission
+from p2pnode.chain.network import NetworkParams
+from p2pnode.chain.rewards_distribute import Distributor, approve_allowance
+from p2pnode.chain.rewards_gossip import RewardsTopic
+from p2pnode.chain.rewards_inputs import compute_allocation
+from p2pnode.chain.rpc import ChainClient
+from p2pnode.compute.attest import Attestation, record_attestation
+from p2pnode.net.gossip import GossipMessage
+from p2pnode.operator_epochs import EpochService
+from p2pnode.store import Store
+from p2pnode.wire import Device, open_envelope, seal
+
+EPOCH_S = 10
+GENESIS = 1_700_000_000
+
+
+def params_for(w, operators):
+    return NetworkParams(cluster="localnet", rpc_url=w.url, genesis_time=GENESIS, mint=str(w.pool.mint),
+                         operators=[o.address for o in operators], threshold=1, multisig=str(w.pool.multisig),
+                         treasury=str(w.pool.pool), rewards_pool=str(w.pool.pool), deployer=str(w.payer.pubkey()),
+                         stake_per_device=0, epoch_s=EPOCH_S).validate()
+
+
+def attest(store, verifier, provider, *, at, passed=True, tflops=2.0):
+    att = Attestation(provider=provider.peer_id, device=Device(kind="cpu", name="cpu", mem_bytes=2**30),
+                      device_index=0, tflops=tflops, challenge=os.urandom(32), passed=passed,
+                      verifier=verifier.peer_id, time=at)
+    raw = seal(att, verifier)
+    record_attestation(store, open_envelope(raw, Attestation))
+    return raw
+
+
+async def test_service_closes_gossips_and_pays_epochs_in_order(world, h, tmp_path):
+    w = world
+    op, other_op, stranger = h.ident(500), h.ident(501), h.ident(502)
+    params = params_for(w, [op, other_op])
+    providers = [h.ident(i) for i in range(3)]
+    store_a, store_b = Store(tmp_path / "a.db"), Store(tmp_path / "b.db")
+    e0 = 3
+    start = GENESIS + e0 * EPOCH_S
+    raws = []
+    for i, p in enumerate(providers):
+        raws.append(attest(store_a, op, p, at=start + 1 + i, tflops=1.0 + i))
+    raws.append(attest(store_a, op, providers[0], at=start + 5, passed=False))  # answered 1 of 2
+    raws.append(attest(store_a, stranger, providers[1], at=start + 6, tflops=500.0))  # not an operator: ignored
+    raws.append(attest(store_a, op, providers[2], at=start + EPOCH_S + 1))  # next epoch
+    # the second operator saw the same gossip (different arrival order)
+    for raw in reversed(raws):
+        record_attestation(store_b, open_envelope(raw, Attestation))
+
+    await approve_allowance(w.rpc, w.pool, w.distributor.pubkey(), 100 * hour_emission(0), w.operators[:2], w.payer)
+    published = []
+
+    async def publish(topic, data):
+        published.append((topic, data))
+
+    async with ChainClient(w.url) as client:
+        dist = Distributor(w.rpc, store_a, w.distributor, w.pool)
+        svc = EpochService(identity=op, params=params, store=store_a, client=client, distributor=dist,
+                           publish=publish, first_epoch=e0, grace_s=0, now=lambda: GENESIS + (e0 + 2) * EPOCH_S)
+        closed = await svc.catch_up()
+        assert closed == [e0, e0 + 1]
+        other = await compute_allocation(store_b, client, params, e0, carry_in=0)
+
+    # every published manifest passes the network's validator (as gossiped by the signing operator)
+    topic = RewardsTopic.for_network(params, Store(tmp_path / "c.db"))
+    manifests = []
+    for t, data in published:
+        assert t == "/iog/rewards/1"
+        signed = topic.validate(GossipMessage(topic=t, origin=op.peer_id, forwarder="x", data=data, msg_id=b"1"))
+        topic.handle(signed, None)
+        manifests.append(signed.message)
+    m0, m1 = manifests
+    assert m0.root == other.root  # the second operator computes the same root independently
+    by = {e.address: e for e in m0.entries}
+    assert set(by) == {p.address for p in providers}
+    assert (by[providers[0].address].issued, by[providers[0].address].answered) == (2, 1)
+    assert [e.address for e in m1.entries] == [providers[2].address]
+    assert m1.carry_in == m0.carry_out == 0
+    # paid on chain, in order, exactly the manifests' amounts
+    from p2pnode.chain import token
+    from p2pnode.chain.rewards_distribute import _accounts
+
+    accs = await _accounts(w.rpc, [token.ata(p.solana_keypair().pubkey(), w.pool.mint) for p in providers])
+    got = {p.address: token.parse_token_account(bytes(a.data)).amount for p, a in zip(providers, accs)}
+    want = {p.address: sum(e.amount for m in manifests for e in m.entries if e.address == p.address)
+            for p in providers}
+    assert got == want
+    assert dist.last_paid_epoch() == e0 + 1
+    # a gossiped manifest whose origin is not its signer is rejected
+    from p2pnode.chain.rewards_manifest import UnknownOperator
+
+    with pytest.raises(UnknownOperator):
+        topic.validate(GossipMessage(topic="/iog/rewards/1", origin=other_op.peer_id, forwarder="x",
+                                     data=published[0][1], msg_id=b"2"))
+    # restart: nothing is closed or paid twice
+    async with ChainClient(w.url) as client:
+        svc2 = EpochService(identity=op, params=params, store=store_a, client=client,
+                            distributor=Distributor(w.rpc, store_a, w.distributor, w.pool), grace_s=0,
+                            now=lambda: GENESIS + (e0 + 2) * EPOCH_S)
+        assert await svc2.catch_up() == []
+    accs = await _accounts(w.rpc, [token.ata(p.solana_keypair().pubkey(), w.pool.mint) for p in providers])
+    assert {p.address: token.parse_token_account(bytes(a.data)).amount for p, a in zip(providers, accs)} == want
+
+
+def test_challenge_times_are_inside_the_epoch(h):
+    import random
+
+    from types import SimpleNamespace
+
+    params = SimpleNamespace(genesis_time=GENESIS, epoch_s=3600, operators=[], rewards_pool="")
+    svc = EpochService(identity=h.ident(1), params=params, store=None, client=None, challenges_per_epoch=3)
+    plan = svc.challenge_times(7, ["a", "b"], random.Random(1))
+    start, end = svc.clock.bounds(7)
+    assert len(plan) == 6 and all(start <= t < end - svc.grace_s for t, _ in plan)
+    assert plan == sorted(plan)
