@@ -1,0 +1,150 @@
+"""`p2pnode rewards verify --epoch N` (anyone recomputes a manifest) and `p2pnode rewards earnings` (a provider).
+
+Both read what the node stored from gossip (manifests on /iog/rewards/1, attestations on /iog/attest/1) in its
+database, plus chain state over RPC, and never trust the manifest's own numbers.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+
+from ..errors import UserError
+from .app import DEFAULT_HOME_PATH, ConfigOpt, HomeOpt, JsonOpt, app, node_config, run_trio
+
+try:  # chain B's economy commands own the `rewards` group when present
+    from .economy import rewards_app  # type: ignore[attr-defined]
+except ImportError:  # pragma: no cover - depends on which capabilities have landed
+    rewards_app = typer.Typer(help="Hourly IO rewards: schedule, verification, earnings.", no_args_is_help=True)
+    app.add_typer(rewards_app, name="rewards")
+
+
+class NoManifest(UserError):
+    """The node has not stored a manifest for the epoch."""
+
+
+def _open(home, config):
+    from ..chain.network import NetworkParams
+    from ..store import Store
+
+    cfg = node_config(home, config)
+    params = NetworkParams.load(cfg.network_file)
+    return cfg, params, Store(cfg.db_file)
+
+
+async def verify_epoch(store, client, params, epoch: int) -> dict:
+    """Validate the stored manifest, recompute the epoch from stored attestations + chain, compare."""
+    import base58
+
+    from ..chain.rewards_inputs import compute_allocation, slashed_in, stored_manifest
+    from ..chain.rewards_manifest import ManifestValidator
+
+    signed = stored_manifest(store, epoch)
+    if signed is None:
+        raise NoManifest(f"no rewards manifest for epoch {epoch} in {store.path}; run the node so it receives "
+                         f"/iog/rewards/1 gossip (or wait for the epoch to close)")
+    ManifestValidator(operators=[base58.b58decode(o) for o in params.operators],
+                      pool=params.rewards_pool).validate(signed.raw)
+    m = signed.message
+    # slashing is a quorum decision recorded with evidence; take it from the manifest plus what we know
+    slashed = {x.address for x in m.excluded if x.reason == "slashed"} | slashed_in(store, epoch)
+    mine = await compute_allocation(store, client, params, epoch, carry_in=m.carry_in, slashed=slashed)
+    theirs = {e.address: e for e in m.entries}
+    ours = {e.address: e for e in mine.entries}
+    diffs = []
+    for addr in sorted(set(theirs) | set(ours)):
+        a, b = theirs.get(addr), ours.get(addr)
+        if a != b:
+            diffs.append({"address": addr, "manifest": a.to_wire() if a else None, "recomputed": b.to_wire() if b else None})
+    return {"epoch": epoch, "match": mine.root == m.root, "manifest_root": m.root.hex(), "recomputed_root": mine.root.hex(),
+            "signer": signed.signer_peer_id, "entries": len(m.entries), "differences": diffs}
+
+
+async def earnings(store, client, params, address: str) -> list[dict]:
+    """Per stored manifest: this address's amount, whether its Merkle proof checks, and the cumulative total."""
+    from solders.pubkey import Pubkey
+
+    from ..chain import token
+    from ..chain.rewards import address_key, merkle_proof, verify_proof
+    from ..chain.rewards_manifest import RewardsManifest
+    from ..wire import open_envelope
+
+    rows = store.query("SELECT envelope FROM reward_manifests ORDER BY epoch")
+    out, total = [], 0
+    key = address_key(address)
+    for (raw,) in rows:
+        m = open_envelope(bytes(raw), RewardsManifest).message
+        e = m.entry_for(address)
+        if e is None:
+            x = next((x for x in m.excluded if x.address == address), None)
+            out.append({"epoch": m.epoch, "amount": 0, "excluded": x.reason if x else None})
+            continue
+        leaves = [(address_key(x.address), x.amount) for x in m.entries]
+        ok = verify_proof(m.epoch, key, e.amount, merkle_proof(m.epoch, leaves, key), m.root)
+        total += e.amount
+        out.append({"epoch": m.epoch, "amount": e.amount, "proof_ok": ok, "cumulative": total})
+    ata = token.ata(Pubkey.from_string(address), Pubkey.from_string(params.mint))
+    acc = await client.get_account(ata)
+    balance = token.parse_token_account(acc.data).amount if acc is not None else 0
+    out.append({"token_account": str(ata), "balance": balance, "earned": total,
+                "paid_check": "ok" if balance >= total else "balance below earned: unpaid or moved"})
+    return out
+
+
+@rewards_app.command("verify")
+def verify_cmd(epoch: Annotated[int, typer.Option("--epoch", help="Epoch (= schedule hour) to recompute.")],
+               home: HomeOpt = DEFAULT_HOME_PATH, config: ConfigOpt = None, json_out: JsonOpt = False) -> None:
+    """Recompute an epoch's manifest from gossiped attestations and chain state and compare Merkle roots."""
+    cfg, params, store = _open(home, config)
+
+    async def body():
+        from ..chain.rpc import ChainClient
+
+        async with ChainClient(cfg.chain.rpc_url) as client:
+            return await verify_epoch(store, client, params, epoch)
+
+    res = run_trio(body)
+    if json_out:
+        typer.echo(json.dumps(res, indent=2))
+    else:
+        verdict = "MATCH" if res["match"] else "MISMATCH"
+        typer.echo(f"epoch {epoch}: {verdict}  manifest {res['manifest_root'][:16]}  recomputed "
+                   f"{res['recomputed_root'][:16]}  ({res['entries']} entries, signed by {res['signer']})")
+        for d in res["differences"]:
+            typer.echo(f"  {d['address']}: manifest {d['manifest']} recomputed {d['recomputed']}")
+    if not res["match"]:
+        raise typer.Exit(1)
+
+
+@rewards_app.command("earnings")
+def earnings_cmd(home: HomeOpt = DEFAULT_HOME_PATH, config: ConfigOpt = None, json_out: JsonOpt = False,
+                 address: Annotated[str | None, typer.Option("--address", help="Payee (default: this node).")] = None
+                 ) -> None:
+    """This provider's per-epoch rewards, each checked against the manifest's root and the on-chain balance."""
+    from ..identity import Identity
+
+    cfg, params, store = _open(home, config)
+    addr = address or Identity.load(cfg.key_file).address
+
+    async def body():
+        from ..chain.rpc import ChainClient
+
+        async with ChainClient(cfg.chain.rpc_url) as client:
+            return await earnings(store, client, params, addr)
+
+    rows = run_trio(body)
+    if json_out:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    from ..chain.token import format_io
+
+    for r in rows[:-1]:
+        if r["amount"]:
+            typer.echo(f"epoch {r['epoch']:>7}  {format_io(r['amount']):>16} IO  proof {'ok' if r['proof_ok'] else 'BAD'}")
+        else:
+            typer.echo(f"epoch {r['epoch']:>7}  {'0':>16} IO  {r['excluded'] or 'not in manifest'}")
+    last = rows[-1]
+    typer.echo(f"earned {format_io(last['earned'])} IO; {last['token_account']} holds {format_io(last['balance'])} IO "
+               f"({last['paid_check']})")
