@@ -1,0 +1,116 @@
+"""The fixed registry of verified job kinds: nothing but these ever runs for a renter.
+
+Each kind has a spec schema (a wire :class:`Record`, carried msgpack-encoded in :class:`JobSpec.params`), inputs
+and outputs as content-addressed blobs, a runner (torch, imported inside it, executed in the sandbox child) and a
+verifier (numpy only, so a renter or operator without torch can check a result).
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from ...errors import ProtocolError
+from ...wire import Record, SchemaError, bounded, pack, unpack
+from ..blobs import BlobRef
+
+MAX_PARAMS = 64 * 1024
+MAX_INPUTS = 16
+
+
+class JobError(ProtocolError):
+    """A job spec or its inputs are not acceptable (unknown kind, bad schema, wrong blob sizes)."""
+
+
+@dataclass(frozen=True)
+class JobSpec(Record):
+    """What a renter asks for: a registered kind, its msgpack params, and the input blobs by hash."""
+
+    kind: str = bounded(max_len=16)
+    params: bytes = bounded(max_len=MAX_PARAMS)
+    inputs: list[BlobRef] = bounded(max_len=MAX_INPUTS, default=[])
+
+    def check(self, where: str) -> None:
+        if self.kind not in KINDS:
+            raise SchemaError(f"{where}.kind: {self.kind!r} is not a job kind ({', '.join(sorted(KINDS))})")
+
+    @classmethod
+    def make(cls, kind: str, params: Record, inputs: list[bytes] = ()) -> "JobSpec":
+        return cls(kind=kind, params=pack(params.to_wire()), inputs=[BlobRef.of(b) for b in inputs])
+
+    def decode_params(self) -> Record:
+        return KINDS[self.kind].spec_type.from_wire(unpack(self.params, max_size=MAX_PARAMS), where=self.kind)
+
+
+@dataclass
+class Verdict:
+    """A verifier's answer; `reason` says what failed (or what was checked)."""
+
+    ok: bool
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class JobKind:
+    name: str
+    spec_type: type[Record]
+    module: str  # p2pnode.compute.jobs.<module> defines run() and verify()
+    n_inputs: tuple[int, int]  # (min, max)
+
+    def _mod(self):
+        return importlib.import_module(f"{__name__}.{self.module}")
+
+    def runner(self) -> Callable[..., list[bytes]]:
+        return self._mod().run
+
+    def verifier(self) -> Callable[..., Verdict]:
+        return self._mod().verify
+
+
+KINDS: dict[str, JobKind] = {}
+
+
+def _register() -> None:
+    from .attest_job import AttestSpec
+    from .infer import InferSpec
+    from .matmul import MatmulSpec
+
+    KINDS["matmul"] = JobKind("matmul", MatmulSpec, "matmul", (0, 2))
+    KINDS["infer"] = JobKind("infer", InferSpec, "infer", (2, 2))
+    KINDS["attest"] = JobKind("attest", AttestSpec, "attest_job", (0, 0))
+
+
+def check_inputs(spec: JobSpec, inputs: list[bytes]) -> Record:
+    """Parse the params and check the input blobs against the spec's hashes; returns the typed params."""
+    kind = KINDS[spec.kind]
+    lo, hi = kind.n_inputs
+    if not lo <= len(inputs) <= hi or len(inputs) != len(spec.inputs):
+        raise JobError(f"{spec.kind}: {len(inputs)} inputs given, spec lists {len(spec.inputs)} (allowed {lo}-{hi})")
+    for ref, data in zip(spec.inputs, inputs):
+        ref.check_data(data)
+    return spec.decode_params()
+
+
+def verify(spec: JobSpec, inputs: list[bytes], outputs: list[bytes], *, rng: np.random.Generator | None = None
+           ) -> Verdict:
+    """Check a result without torch; a malformed spec or output is a failed verdict, never an exception."""
+    try:
+        params = check_inputs(spec, inputs)
+        return KINDS[spec.kind].verifier()(params, inputs, outputs, rng or np.random.default_rng())
+    except ProtocolError as exc:
+        return Verdict(False, f"{type(exc).__name__}: {exc}")
+
+
+def run(spec: JobSpec, inputs: list[bytes], device: str = "cpu",
+        progress: Callable[[float], None] = lambda f: None) -> list[bytes]:
+    """Run a job in this process (the sandbox child calls this); torch is imported by the kind's runner."""
+    params = check_inputs(spec, inputs)
+    return KINDS[spec.kind].runner()(params, inputs, device, progress)
+
+
+_register()
+
+__all__ = ["JobError", "JobKind", "JobSpec", "KINDS", "Verdict", "check_inputs", "run", "verify"]

@@ -1,0 +1,145 @@
+"""`matmul`: batched GEMM C = A @ B in fp32/bf16/fp16, checked by Freivalds in float64 with numpy.
+
+Matrices travel as raw little-endian arrays (bf16 as its 16-bit pattern, since numpy has no bf16). Seed-derived
+inputs are built with numpy on both sides, so the provider and the verifier start from the same bits.
+
+Tolerance: for a random integer vector r in [-1024, 1024], the honest error of (C r)_i is the sum over j of
+r_j e_ij, where e_ij is the output rounding (|e| <= u_out |C_ij|, independent across j) plus the accumulation
+error (bounded by sqrt(k) u_acc (|A||B|)_ij). We accept when |C r - A (B r)| <= 8 u_out ||r * C_i||_2 +
+4 sqrt(k) u_acc (|A| (|B| |r|))_i + tiny: the first term is an 8-sigma Hoeffding bound, the second a safe bound
+whose aggregate is computable in O(n^2). One changed entry is caught when its change exceeds that row bound.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from ...wire import Record, SchemaError, bounded
+from . import JobError, Verdict
+
+DTYPES = {"fp32": ("<f4", 2.0**-24), "fp16": ("<f2", 2.0**-11), "bf16": ("<u2", 2.0**-8)}
+U_ACC = 2.0**-23  # fp32 accumulation (with margin for 16-bit inputs accumulated in fp32)
+MAX_ELEMS = 1 << 28
+
+
+@dataclass(frozen=True)
+class MatmulSpec(Record):
+    dtype: str = bounded(max_len=4)
+    batch: int = bounded(min=1, max=4096)
+    m: int = bounded(min=1, max=65536)
+    k: int = bounded(min=1, max=65536)
+    n: int = bounded(min=1, max=65536)
+    source: str = bounded(max_len=8, default="inputs")  # "inputs" | "seed"
+    seed: bytes = bounded(max_len=32, default=b"")
+    rounds: int = bounded(min=2, max=3, default=2)
+
+    def check(self, where: str) -> None:
+        if self.dtype not in DTYPES:
+            raise SchemaError(f"{where}.dtype: {self.dtype!r} not one of {sorted(DTYPES)}")
+        if self.source not in ("inputs", "seed"):
+            raise SchemaError(f"{where}.source: 'inputs' or 'seed'")
+        if self.source == "seed" and len(self.seed) != 32:
+            raise SchemaError(f"{where}.seed: 32 bytes when source is 'seed'")
+        if max(self.batch * self.m * self.k, self.batch * self.k * self.n, self.batch * self.m * self.n) > MAX_ELEMS:
+            raise SchemaError(f"{where}: matrices larger than {MAX_ELEMS} elements")
+
+
+def f32_to_bf16_bits(x: np.ndarray) -> np.ndarray:
+    """Round-to-nearest-even fp32 -> bf16, as 16-bit patterns (what torch.to(bfloat16) does)."""
+    u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32).astype(np.uint64)
+    return ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)
+
+
+def bf16_bits_to_f32(b: np.ndarray) -> np.ndarray:
+    return (b.astype(np.uint32) << 16).view(np.float32)
+
+
+def to_raw(x32: np.ndarray, dtype: str) -> bytes:
+    """fp32 array -> the wire bytes of `dtype`."""
+    if dtype == "bf16":
+        return f32_to_bf16_bits(x32).astype("<u2").tobytes()
+    return np.ascontiguousarray(x32).astype(DTYPES[dtype][0]).tobytes()
+
+
+def from_raw(data: bytes, dtype: str, shape: tuple[int, ...]) -> np.ndarray:
+    """Wire bytes -> float64 array (exact for all three dtypes)."""
+    code = DTYPES[dtype][0]
+    count = int(np.prod(shape))
+    if len(data) != count * np.dtype(code).itemsize:
+        raise JobError(f"matmul: {len(data)} bytes do not hold {shape} {dtype}")
+    arr = np.frombuffer(data, dtype=code).reshape(shape)
+    if dtype == "bf16":
+        arr = bf16_bits_to_f32(arr)
+    return arr.astype(np.float64)
+
+
+def seeded_inputs(spec: MatmulSpec) -> tuple[bytes, bytes]:
+    """Standard-normal A and B from the spec's seed (numpy PCG64), as wire bytes."""
+    rng = np.random.default_rng(np.frombuffer(spec.seed, dtype=np.uint32))
+    a = rng.standard_normal((spec.batch, spec.m, spec.k), dtype=np.float32)
+    b = rng.standard_normal((spec.batch, spec.k, spec.n), dtype=np.float32)
+    return to_raw(a, spec.dtype), to_raw(b, spec.dtype)
+
+
+def operands(spec: MatmulSpec, inputs: list[bytes]) -> tuple[bytes, bytes]:
+    if spec.source == "seed":
+        if inputs:
+            raise JobError("matmul: seed-derived jobs take no input blobs")
+        return seeded_inputs(spec)
+    if len(inputs) != 2:
+        raise JobError("matmul: two input blobs (A, B) expected")
+    return inputs[0], inputs[1]
+
+
+def run(spec: MatmulSpec, inputs: list[bytes], device: str, progress: Callable[[float], None]) -> list[bytes]:
+    import torch
+
+    a_raw, b_raw = operands(spec, inputs)
+    tdt = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[spec.dtype]
+
+    def tensor(raw: bytes, shape):
+        if spec.dtype == "bf16":
+            return torch.frombuffer(bytearray(raw), dtype=torch.int16).view(torch.bfloat16).reshape(shape)
+        return torch.frombuffer(bytearray(raw), dtype=tdt).reshape(shape)
+
+    dev = torch.device(device)
+    a = tensor(a_raw, (spec.batch, spec.m, spec.k)).to(dev)
+    b = tensor(b_raw, (spec.batch, spec.k, spec.n)).to(dev)
+    c = torch.bmm(a, b)
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+    progress(1.0)
+    c = c.cpu().contiguous()
+    if spec.dtype == "bf16":
+        return [c.view(torch.int16).numpy().astype("<i2").tobytes()]
+    return [c.numpy().astype(DTYPES[spec.dtype][0]).tobytes()]
+
+
+def verify(spec: MatmulSpec, inputs: list[bytes], outputs: list[bytes], rng: np.random.Generator) -> Verdict:
+    try:
+        a_raw, b_raw = operands(spec, inputs)
+        if len(outputs) != 1:
+            return Verdict(False, "matmul: exactly one output expected")
+        a = from_raw(a_raw, spec.dtype, (spec.batch, spec.m, spec.k))
+        b = from_raw(b_raw, spec.dtype, (spec.batch, spec.k, spec.n))
+        c = from_raw(outputs[0], spec.dtype, (spec.batch, spec.m, spec.n))
+    except JobError as exc:
+        return Verdict(False, str(exc))
+    if not np.all(np.isfinite(c)):
+        if np.all(np.isfinite(a)) and np.all(np.isfinite(b)):
+            return Verdict(False, "matmul: non-finite output from finite inputs")
+    u_out = DTYPES[spec.dtype][1]
+    for _ in range(spec.rounds):
+        r = rng.integers(-1024, 1025, size=(spec.batch, spec.n, 1)).astype(np.float64)
+        lhs = c @ r
+        rhs = a @ (b @ r)
+        tol = (8 * u_out * np.sqrt((c * c) @ (r * r)) + 4 * np.sqrt(spec.k) * U_ACC * (np.abs(a) @ (np.abs(b) @ np.abs(r)))
+               + 1e-30)
+        bad = ~(np.abs(lhs - rhs) <= tol)
+        if bad.any():
+            bi, row, _ = np.argwhere(bad)[0]
+            return Verdict(False, f"matmul: Freivalds check failed at batch {bi} row {row}")
+    return Verdict(True, f"Freivalds {spec.rounds} rounds passed")

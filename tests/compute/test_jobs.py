@@ -1,0 +1,154 @@
+"""Job kinds: matmul Freivalds catches one changed entry; infer runs an exported MLP and verifies; malicious
+archives are refused without executing; attest-as-a-job round-trips."""
+
+import io
+import json
+import os
+import pickle
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+
+from p2pnode.compute import jobs as J
+from p2pnode.compute.jobs import infer as I
+from p2pnode.compute.jobs.attest_job import AttestSpec
+from p2pnode.compute.jobs.matmul import MatmulSpec, seeded_inputs
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16", "fp16"])
+def test_matmul_correct_passes_changed_entry_fails(dtype):
+    spec = MatmulSpec(dtype=dtype, batch=2, m=48, k=96, n=40, source="seed", seed=bytes(range(32)), rounds=3)
+    job = J.JobSpec.make("matmul", spec)
+    (out,) = J.run(job, [])
+    rng = np.random.default_rng(1)
+    for _ in range(5):  # honest results never fail the tolerance
+        assert J.verify(job, [], [out], rng=rng).ok
+    width = 2 if dtype != "fp32" else 4
+    code = {"fp32": "<f4", "fp16": "<f2"}.get(dtype)
+    arr = bytearray(out)
+    if code:
+        c = np.frombuffer(out, dtype=code).copy()
+        c[1000] = c[1000] + np.asarray(max(1.0, abs(float(c[1000])) * 0.25), dtype=code)
+        arr = c.astype(code).tobytes()
+    else:  # bf16 bit pattern: bump the exponent of one entry (x2)
+        bits = np.frombuffer(out, dtype="<u2").copy()
+        bits[1000] += 0x80
+        arr = bits.tobytes()
+    assert len(arr) == len(out) and width
+    v = J.verify(job, [], [bytes(arr)], rng=rng)
+    assert not v.ok and "Freivalds" in v.reason
+
+
+def test_matmul_renter_inputs_and_bad_output_size():
+    a, b = seeded_inputs(MatmulSpec(dtype="fp32", batch=1, m=8, k=8, n=8, source="seed", seed=b"\x01" * 32))
+    spec = MatmulSpec(dtype="fp32", batch=1, m=8, k=8, n=8)
+    job = J.JobSpec.make("matmul", spec, [a, b])
+    (out,) = J.run(job, [a, b])
+    assert J.verify(job, [a, b], [out]).ok
+    assert not J.verify(job, [a, b], [out[:-4]]).ok
+    assert not J.verify(job, [b, a[:-4]], [out]).ok  # inputs not matching the spec's hashes
+
+
+class MLP(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.l1 = torch.nn.Linear(12, 32)
+        self.l2 = torch.nn.Linear(32, 5)
+
+    def forward(self, x):
+        return torch.softmax(self.l2(torch.nn.functional.gelu(self.l1(x))), dim=-1)
+
+
+def export_mlp(batch=16) -> bytes:
+    torch.manual_seed(0)
+    ep = torch.export.export(MLP(), (torch.randn(batch, 12),))
+    buf = io.BytesIO()
+    torch.export.save(ep, buf)
+    return buf.getvalue()
+
+
+def test_infer_exported_mlp_runs_and_verifies():
+    archive = export_mlp()
+    x = np.random.default_rng(0).standard_normal((16, 12)).astype("<f4").tobytes()
+    job = J.JobSpec.make("infer", I.InferSpec(sample_rows=6), [archive, x])
+    (y,) = J.run(job, [archive, x])
+    assert len(y) == 16 * 5 * 4
+    assert J.verify(job, [archive, x], [y]).ok
+    bad = np.frombuffer(y, "<f4").copy()
+    bad[:] = bad[::-1]  # wrong everywhere: any sample catches it
+    assert not J.verify(job, [archive, x], [bad.tobytes()]).ok
+
+
+def rewrite(archive: bytes, edit) -> bytes:
+    """Copy an archive, letting `edit(members: dict)` change it."""
+    src = zipfile.ZipFile(io.BytesIO(archive))
+    members = {i.filename: src.read(i) for i in src.infolist()}
+    edit(members)
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as z:
+        for name, data in members.items():
+            z.writestr(name, data)
+    return out.getvalue()
+
+
+class Boom:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def malicious_archives(marker):
+    base = export_mlp()
+    prefix = zipfile.ZipFile(io.BytesIO(base)).namelist()[0].split("/")[0]
+    cmd = f"import os; os.system('touch {marker}')"
+
+    def pickled_constant(m):
+        cfg = {"config": {"c": {"path_name": "tensor_0", "is_param": False, "use_pickle": True,
+                                "tensor_meta": None}}}
+        m[f"{prefix}/data/constants/model_constants_config.json"] = json.dumps(cfg).encode()
+        m[f"{prefix}/data/constants/tensor_0"] = pickle.dumps(Boom(marker))
+
+    def guards(m):
+        model = json.loads(m[f"{prefix}/models/model.json"])
+        model["guards_code"] = [cmd]
+        m[f"{prefix}/models/model.json"] = json.dumps(model).encode()
+
+    def system_node(m):
+        model = json.loads(m[f"{prefix}/models/model.json"])
+        node = model["graph_module"]["graph"]["nodes"][0]
+        node["target"] = "os.system"
+        node["inputs"] = [{"name": "command", "arg": {"as_string": f"touch {marker}"}, "kind": 1}]
+        m[f"{prefix}/models/model.json"] = json.dumps(model).encode()
+
+    def unexpected_file(m):
+        m[f"{prefix}/data/evil.pkl"] = pickle.dumps(Boom(marker))
+
+    return {name: rewrite(base, fn) for name, fn in
+            [("pickled constant", pickled_constant), ("guards_code", guards), ("os.system node", system_node),
+             ("unexpected file", unexpected_file)]}
+
+
+def test_malicious_archives_refused_without_executing(tmp_path):
+    marker = tmp_path / "pwned"
+    x = np.zeros((16, 12), "<f4").tobytes()
+    for name, archive in malicious_archives(marker).items():
+        with pytest.raises(I.ArchiveRejected):
+            I.inspect_archive(archive)
+        with pytest.raises(I.ArchiveRejected):  # the runner path refuses before torch sees a byte
+            J.run(J.JobSpec.make("infer", I.InferSpec(), [archive, x]), [archive, x])
+        assert not J.verify(J.JobSpec.make("infer", I.InferSpec(), [archive, x]), [archive, x], [b""]).ok
+        assert not marker.exists(), f"{name}: payload executed"
+
+
+def test_attest_job_roundtrip():
+    spec = AttestSpec(seed=bytes(32), n=64, b=16, steps=10, opened=3)
+    job = J.JobSpec.make("attest", spec)
+    outs = J.run(job, [])
+    assert J.verify(job, [], outs).ok
+    fps = bytearray(outs[0])
+    fps[0] ^= 1  # changes which steps are opened and breaks the chain commitment
+    assert not J.verify(job, [], [bytes(fps), outs[1]]).ok
