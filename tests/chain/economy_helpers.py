@@ -22,7 +22,10 @@ async def make_network(client, tmp: Path, *, operators: int = 3, threshold: int 
     params, created = await run_genesis(client, deployer, [o.solana_keypair().pubkey() for o in ops], threshold,
                                         tmp / "network.json", **overrides)
     assert created
-    return params, [o.solana_keypair() for o in ops]
+    kps = [o.solana_keypair() for o in ops]
+    for kp in kps:
+        await client.airdrop(kp.pubkey(), 10**9)
+    return params, kps
 
 
 async def give_io(client, params: NetworkParams, ops: list[Keypair], to: Keypair, amount: int) -> None:
