@@ -68,6 +68,7 @@ class Discovery:
             if info.peer_id not in self.host.get_connected_peers():
                 if await self.dial(info):
                     delay = 0.5
+                    log.info("joined seed peer %s", info.peer_id)
                     await self.dht.add_peer(info.peer_id, skip_server_mode_check=True)
                     if not self.bootstrapped.is_set():
                         self.bootstrapped.set()

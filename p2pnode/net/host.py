@@ -12,6 +12,8 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
+import socket
+
 import multiaddr
 import trio
 
@@ -83,6 +85,7 @@ def build_host(identity: Identity, settings: HostSettings):
         if "tcp" not in names or any(n in names for n in ("ws", "wss", "quic", "quic-v1")):
             raise BadMultiaddr(f"listen address {a} is not plain TCP; this node speaks TCP + Noise + yamux only")
     announce = [parse_maddr(a, what="announce address") for a in settings.announce] or None
+    addrs_factory = None if announce else _expand_unspecified
     key_pair = identity.libp2p_keypair()
     conn_cfg = ConnectionConfig(
         max_connections_per_peer=1,  # DESIGN: otherwise every connect waits 250 ms
@@ -100,6 +103,7 @@ def build_host(identity: Identity, settings: HostSettings):
         listen_addrs=listen,
         connection_config=conn_cfg,
         announce_addrs=announce,
+        addrs_factory=addrs_factory,
     )
     return host, listen
 
@@ -118,6 +122,35 @@ async def running_host(identity: Identity, settings: HostSettings) -> AsyncItera
     finally:
         with trio.CancelScope(shield=True), trio.move_on_after(5):
             await host.close()
+
+
+def _local_ips() -> list[str]:
+    """Loopback plus the address of the interface that routes outward (no packet is sent)."""
+    ips = ["127.0.0.1"]
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect(("192.0.2.1", 9))  # TEST-NET-1: never routed, only used to pick the interface
+            ip = s.getsockname()[0]
+            if ip and ip not in ips and not ip.startswith("0."):
+                ips.append(ip)
+    except OSError:
+        pass
+    return ips
+
+
+def _expand_unspecified(addrs: list[multiaddr.Multiaddr]) -> list[multiaddr.Multiaddr]:
+    """Never advertise 0.0.0.0 (peers cannot dial it): list the concrete addresses behind it instead."""
+    out: list[multiaddr.Multiaddr] = []
+    seen: set[str] = set()
+    for a in addrs:
+        text = str(a)
+        candidates = [text.replace("/ip4/0.0.0.0/", f"/ip4/{ip}/", 1) for ip in _local_ips()] \
+            if text.startswith("/ip4/0.0.0.0/") else [text]
+        for c in candidates:
+            if c not in seen:
+                seen.add(c)
+                out.append(multiaddr.Multiaddr(c))
+    return out
 
 
 def listen_addrs(host) -> list[str]:
