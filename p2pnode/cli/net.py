@@ -97,11 +97,21 @@ def run(home: HomeOpt = DEFAULT_HOME_PATH, config: ConfigOpt = None, listen: Lis
             typer.echo(f"provider {node.peer_id} listening on:", err=True)
             for a in node.addrs():
                 typer.echo(f"  {a}", err=True)
-            import trio
-
-            await trio.sleep_forever()
+            await until_stopped()
 
     run_trio(main)
+
+
+async def until_stopped() -> None:
+    """Sleep until SIGTERM (systemd, docker stop) or SIGINT; both unwind the node cleanly (hosts closed)."""
+    import signal
+
+    import trio
+
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for sig in signals:
+            logging.getLogger("p2pnode").info("stopping on %s", signal.Signals(sig).name)
+            return
 
 
 @app.command("bootstrap")
@@ -124,9 +134,7 @@ def bootstrap_cmd(home: HomeOpt = DEFAULT_HOME_PATH, config: ConfigOpt = None, l
             for a in node.addrs():
                 typer.echo(a)
             sys.stdout.flush()
-            import trio
-
-            await trio.sleep_forever()
+            await until_stopped()
 
     run_trio(main)
 
