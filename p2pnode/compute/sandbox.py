@@ -1,0 +1,309 @@
+"""Run one job per child process, isolated and limited, and always come back with a typed :class:`JobResult`.
+
+Each job gets: an empty environment, a private 0700 temp directory as its working directory, rlimits (CPU time,
+open files, file size, address space on CPU devices), a wall-clock timeout enforced by the node (kill), only its
+assigned GPU (``CUDA_VISIBLE_DEVICES``), and no network: the worker starts inside ``unshare --net
+--map-root-user`` when :func:`isolation_available` (probed once at start) says the kernel allows unprivileged
+user namespaces; otherwise jobs run with network access and ``p2pnode devices`` says so.
+
+Start-up cost is torch's import (~1-2 s here), so :class:`WorkerPool` keeps one warm worker per device that has
+already imported torch and waits for its one task; taking it costs a pipe write, and a replacement starts in the
+background. Inputs and outputs move as files in the private directory; progress and the result as msgpack
+frames on the child's stdout. Any failure — crash, OOM, timeout, bad input — is a :class:`JobResult`, so the
+node keeps serving.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from ..wire import FrameError, FramedStream, MalformedMessage, pack, unpack
+from .jobs import JobSpec
+
+STATUSES = ("ok", "timeout", "oom", "cpu_exceeded", "crashed", "bad_input")
+READY_TIMEOUT_S = 120.0
+MAX_RESULT_FRAME = 1 << 20
+
+
+@functools.lru_cache(maxsize=1)
+def isolation_available() -> bool:
+    """Whether `unshare --net --map-root-user` works for this user on this kernel (probed once)."""
+    exe = shutil.which("unshare")
+    if not exe:
+        return False
+    try:
+        return subprocess.run([exe, "--net", "--map-root-user", "true"], capture_output=True,
+                              timeout=10).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one job may use; 0 means no limit for that resource."""
+
+    wall_s: float = 3600.0
+    cpu_s: int = 0
+    mem_bytes: int = 0  # address-space growth allowed during the job (CPU devices only)
+    nofile: int = 256
+    fsize_bytes: int = 4 << 30
+    threads: int = 0  # torch intra-op threads; 0 = torch's default
+
+
+@dataclass
+class JobResult:
+    status: str  # one of STATUSES
+    outputs: list[bytes] = field(default_factory=list)
+    message: str = ""
+    seconds: float = 0.0  # time inside the job's runner (ok only)
+    wall_s: float = 0.0  # from submission to result, as the node saw it
+    isolated: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+class _pipe_adapter:
+    """The read/write shape FramedStream wants, over trio's process pipes."""
+
+    def __init__(self, recv: Any, send: Any = None) -> None:
+        self._r, self._w = recv, send
+
+    async def read(self, n: int) -> bytes:
+        return await self._r.receive_some(n)
+
+    async def write(self, data: bytes) -> None:
+        await self._w.send_all(data)
+
+
+class Worker:
+    """One child process, ready for exactly one task."""
+
+    def __init__(self, proc: trio.Process, isolated: bool, device: str) -> None:
+        self.proc = proc
+        self.isolated = isolated
+        self.device = device
+        self.frames = FramedStream(_pipe_adapter(proc.stdout, proc.stdin))
+        self.stderr = bytearray()
+
+    @classmethod
+    async def start(cls, nursery: trio.Nursery, device: str = "cpu", *, warm: bool = True,
+                    isolate: bool | None = None) -> "Worker":
+        isolate = isolation_available() if isolate is None else isolate
+        cmd = [sys.executable, "-m", "p2pnode.compute.worker"] + (["--warm"] if warm else [])
+        if isolate:
+            cmd = [shutil.which("unshare") or "unshare", "--net", "--map-root-user"] + cmd
+        env = {"CUDA_VISIBLE_DEVICES": device.split(":", 1)[1] if device.startswith("cuda:") else ""}
+        proc = await trio.lowlevel.open_process(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                                stderr=subprocess.PIPE, env=env, cwd="/",
+                                                start_new_session=True)
+        w = cls(proc, isolate, device)
+        nursery.start_soon(w._drain_stderr)
+        try:
+            with trio.fail_after(READY_TIMEOUT_S):
+                hello = unpack(await w.frames.receive(), max_size=1024)
+            if not isinstance(hello, dict) or not hello.get("ready"):
+                raise MalformedMessage("worker did not say ready")
+        except BaseException:
+            await w.kill()
+            raise
+        return w
+
+    async def _drain_stderr(self) -> None:
+        """Keep the child from blocking on a full stderr pipe; remember the tail for crash reports."""
+        try:
+            while chunk := await self.proc.stderr.receive_some(65536):
+                self.stderr = (self.stderr + chunk)[-4096:]
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            pass
+
+    async def kill(self) -> None:
+        with trio.CancelScope(shield=True):
+            if self.proc.returncode is None:
+                try:
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            with trio.move_on_after(10):
+                await self.proc.wait()
+            for pipe in (self.proc.stdin, self.proc.stdout):
+                if pipe is not None:
+                    await pipe.aclose()
+
+    async def execute(self, task: dict[str, Any], wall_s: float,
+                      progress: Callable[[float], Any] | None) -> tuple[str, dict[str, Any] | None]:
+        """Send the task, pump progress frames; ('ok', result) or (failure status, None)."""
+        await self.proc.stdin.send_all(_frame(pack(task)))
+        with trio.move_on_after(wall_s):
+            while True:
+                try:
+                    msg = unpack(await self.frames.receive(MAX_RESULT_FRAME), max_size=MAX_RESULT_FRAME)
+                except (FrameError, MalformedMessage, trio.BrokenResourceError, trio.ClosedResourceError):
+                    return self._exit_status(await self._wait_exit()), None
+                if not isinstance(msg, dict):
+                    return "crashed", {"message": "worker sent a malformed frame"}
+                if "progress" in msg:
+                    if progress is not None:
+                        progress(float(msg["progress"]))
+                    continue
+                return "done", msg
+        return "timeout", None
+
+    async def _wait_exit(self) -> int:
+        with trio.move_on_after(5):
+            return await self.proc.wait()
+        await self.kill()
+        return self.proc.returncode or -signal.SIGKILL
+
+    @staticmethod
+    def _exit_status(code: int) -> str:
+        if code == -signal.SIGXCPU:
+            return "cpu_exceeded"
+        return "crashed"
+
+
+def _frame(payload: bytes) -> bytes:
+    from ..wire import frame
+
+    return frame(payload)
+
+
+def _private_dir() -> Path:
+    return Path(tempfile.mkdtemp(prefix="p2pnode-job-"))  # mkdtemp creates it 0700
+
+
+async def _run_on(worker: Worker, task: dict[str, Any], inputs: list[bytes], limits: Limits,
+                  progress: Callable[[float], Any] | None) -> JobResult:
+    t0 = time.perf_counter()
+    workdir = _private_dir()
+    try:
+        names = []
+        for i, data in enumerate(inputs):
+            (workdir / f"in_{i}").write_bytes(data)
+            names.append(f"in_{i}")
+        task = dict(task, dir=str(workdir), inputs=names, device=worker.device,
+                    limits={"cpu_s": limits.cpu_s, "nofile": limits.nofile, "fsize": limits.fsize_bytes,
+                            "mem": limits.mem_bytes}, threads=limits.threads)
+        status, msg = await worker.execute(task, limits.wall_s, progress)
+        wall = time.perf_counter() - t0
+        if status == "timeout":
+            return JobResult("timeout", message=f"killed after the {limits.wall_s:g} s wall-clock limit",
+                             wall_s=wall, isolated=worker.isolated)
+        if status != "done" or msg is None:
+            code = worker.proc.returncode
+            detail = bytes(worker.stderr[-300:]).decode(errors="replace").strip().splitlines()
+            return JobResult(status, message=f"worker exited with {code}" + (f": {detail[-1]}" if detail else ""),
+                             wall_s=wall, isolated=worker.isolated)
+        if not msg.get("ok"):
+            err = msg.get("error")
+            return JobResult(err if err in STATUSES else "crashed", message=str(msg.get("message", ""))[:500],
+                             wall_s=wall, isolated=worker.isolated)
+        if "connected" in msg:  # the isolation probe
+            return JobResult("ok", outputs=[b"1" if msg["connected"] else b"0"], message=msg.get("message", ""),
+                             wall_s=wall, isolated=worker.isolated)
+        outputs = []
+        for name in msg.get("outputs", []):
+            if not isinstance(name, str) or "/" in name or name.startswith("."):
+                return JobResult("crashed", message="worker named an output outside its directory", wall_s=wall)
+            outputs.append((workdir / name).read_bytes())
+        return JobResult("ok", outputs=outputs, seconds=float(msg.get("seconds", 0.0)), wall_s=wall,
+                         isolated=worker.isolated)
+    finally:
+        await worker.kill()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+async def run_job(spec: JobSpec, inputs: list[bytes], device: str = "cpu", limits: Limits = Limits(),
+                  progress: Callable[[float], Any] | None = None, *, isolate: bool | None = None) -> JobResult:
+    """One job in a freshly started (cold) worker; the node uses :class:`WorkerPool` for warm start-up."""
+    async with trio.open_nursery() as nursery:
+        try:
+            worker = await Worker.start(nursery, device, isolate=isolate)
+        except (OSError, trio.TooSlowError, FrameError, MalformedMessage) as exc:
+            return JobResult("crashed", message=f"worker did not start: {exc}")
+        return await _run_on(worker, {"task": "job", "spec": pack(spec.to_wire())}, inputs, limits, progress)
+
+
+async def probe_network(host: str, port: int, *, isolate: bool | None = None) -> JobResult:
+    """Start a (cold, torch-free) worker and let it try to connect to host:port; outputs [b"1"] if it could."""
+    async with trio.open_nursery() as nursery:
+        worker = await Worker.start(nursery, "cpu", warm=False, isolate=isolate)
+        return await _run_on(worker, {"task": "netprobe", "host": host, "port": port}, [], Limits(wall_s=10), None)
+
+
+class WorkerPool:
+    """Warm workers per device: `async with WorkerPool(["cpu"]) as pool: await pool.run_job(...)`.
+
+    The pool's nursery owns every worker and spawner task, so leaving the block kills them all.
+    """
+
+    def __init__(self, devices: list[str] = ("cpu",), *, per_device: int = 1, isolate: bool | None = None) -> None:
+        self.devices = list(devices)
+        self.per_device = per_device
+        self.isolate = isolation_available() if isolate is None else isolate
+        self._ready: dict[str, tuple[trio.MemorySendChannel, trio.MemoryReceiveChannel]] = {}
+        self._nursery: trio.Nursery | None = None
+
+    async def __aenter__(self) -> "WorkerPool":
+        self._cm = trio.open_nursery()
+        self._nursery = await self._cm.__aenter__()
+        for d in self.devices:
+            self._ready[d] = trio.open_memory_channel(math.inf)
+            for _ in range(self.per_device):
+                self._nursery.start_soon(self._spawn, d)
+        return self
+
+    async def __aexit__(self, *exc: Any) -> bool | None:
+        assert self._nursery is not None
+        self._nursery.cancel_scope.cancel()
+        for send, recv in self._ready.values():
+            while True:
+                try:
+                    w = recv.receive_nowait()
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    break
+                await w.kill()
+        return await self._cm.__aexit__(*exc)
+
+    async def _spawn(self, device: str) -> None:
+        assert self._nursery is not None
+        try:
+            w = await Worker.start(self._nursery, device, isolate=self.isolate)
+        except (OSError, trio.TooSlowError, FrameError, MalformedMessage):
+            await trio.sleep(1.0)  # retry later; run_job falls back to waiting for the next spawn
+            self._nursery.start_soon(self._spawn, device)
+            return
+        self._ready[device][0].send_nowait(w)
+
+    async def warm(self, timeout_s: float = READY_TIMEOUT_S) -> None:
+        """Wait until every device has a ready worker (benchmarks and start-up)."""
+        with trio.fail_after(timeout_s):
+            for d in self.devices:
+                w = await self._ready[d][1].receive()
+                self._ready[d][0].send_nowait(w)
+
+    async def run_job(self, spec: JobSpec, inputs: list[bytes], device: str = "cpu", limits: Limits = Limits(),
+                      progress: Callable[[float], Any] | None = None) -> JobResult:
+        if device not in self._ready or self._nursery is None:
+            return JobResult("bad_input", message=f"device {device!r} is not served by this node")
+        with trio.move_on_after(READY_TIMEOUT_S) as scope:
+            worker = await self._ready[device][1].receive()
+        if scope.cancelled_caught:
+            return JobResult("crashed", message="no worker became ready")
+        self._nursery.start_soon(self._spawn, device)  # replace it while this job runs
+        return await _run_on(worker, {"task": "job", "spec": pack(spec.to_wire())}, inputs, limits, progress)

@@ -1,0 +1,153 @@
+"""The sandbox child: ``python -m p2pnode.compute.worker [--warm]``. Never imported by the node itself.
+
+Started by :mod:`p2pnode.compute.sandbox` with an empty environment (and inside ``unshare --net
+--map-root-user`` where the kernel allows), it optionally imports torch first (a warm worker waiting in the
+pool), then reads exactly one task frame from stdin, applies the job's limits to itself (working directory,
+rlimits, environment), runs one registered job kind and writes msgpack frames (progress, then one result) to
+stdout. One process per job: nothing a job does survives it.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import socket
+import sys
+import time
+import traceback
+
+import msgpack
+
+MAX_TASK = 16 << 20
+
+
+def write_frame(obj: dict) -> None:
+    data = msgpack.packb(obj, use_bin_type=True)
+    n, prefix = len(data), bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        prefix.append(b | 0x80 if n else b)
+        if not n:
+            break
+    os.write(1, bytes(prefix) + data) if len(data) < 65536 else _write_all(bytes(prefix) + data)
+
+
+def _write_all(buf: bytes) -> None:
+    view = memoryview(buf)
+    while view:
+        view = view[os.write(1, view):]
+
+
+def _read_exact(n: int) -> bytes:
+    out = bytearray()
+    while len(out) < n:
+        chunk = os.read(0, n - len(out))
+        if not chunk:
+            raise EOFError
+        out += chunk
+    return bytes(out)
+
+
+def read_frame() -> dict:
+    value, shift = 0, 0
+    for _ in range(5):
+        b = _read_exact(1)[0]
+        value |= (b & 0x7F) << shift
+        shift += 7
+        if not b & 0x80:
+            break
+    if value > MAX_TASK:
+        raise ValueError("task frame too large")
+    return msgpack.unpackb(_read_exact(value), raw=False)
+
+
+def vm_size() -> int:
+    for line in open("/proc/self/status"):
+        if line.startswith("VmSize:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def apply_limits(task: dict) -> None:
+    lim = task["limits"]
+    os.chdir(task["dir"])
+    keep = {k: os.environ[k] for k in ("CUDA_VISIBLE_DEVICES",) if k in os.environ}
+    os.environ.clear()
+    os.environ.update(keep, TMPDIR=task["dir"], HOME=task["dir"])
+    used = resource.getrusage(resource.RUSAGE_SELF)
+    if lim.get("cpu_s"):
+        cpu = int(used.ru_utime + used.ru_stime + lim["cpu_s"]) + 1
+        resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
+    if lim.get("nofile"):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (lim["nofile"], lim["nofile"]))
+    if lim.get("fsize"):
+        resource.setrlimit(resource.RLIMIT_FSIZE, (lim["fsize"], lim["fsize"]))
+    if lim.get("mem") and not task["device"].startswith("cuda"):  # an address-space cap breaks CUDA's mappings
+        cap = vm_size() + lim["mem"]
+        resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+
+
+def run_job(task: dict) -> dict:
+    from p2pnode.compute import jobs
+    from p2pnode.errors import ProtocolError
+    from p2pnode.wire import unpack
+
+    if task.get("threads"):
+        import torch
+
+        torch.set_num_threads(task["threads"])
+    try:
+        spec = jobs.JobSpec.from_wire(unpack(task["spec"], max_size=MAX_TASK))
+        inputs = [open(name, "rb").read() for name in task["inputs"]]
+        t0 = time.perf_counter()
+        outputs = jobs.run(spec, inputs, task["device"], lambda f: write_frame({"progress": float(f)}))
+        seconds = time.perf_counter() - t0
+    except ProtocolError as exc:
+        return {"ok": False, "error": "bad_input", "message": f"{type(exc).__name__}: {exc}"[:500]}
+    except MemoryError:
+        return {"ok": False, "error": "oom", "message": "out of memory (limit reached)"}
+    except RuntimeError as exc:
+        text = str(exc)
+        kind = "oom" if any(w in text.lower() for w in ("alloc", "out of memory", "memory")) else "crashed"
+        return {"ok": False, "error": kind, "message": text[:500]}
+    names = []
+    for i, data in enumerate(outputs):
+        name = f"out_{i}"
+        with open(name, "wb") as f:
+            f.write(data)
+        names.append(name)
+    return {"ok": True, "outputs": names, "seconds": seconds}
+
+
+def netprobe(task: dict) -> dict:
+    """Self-check of isolation: can this child reach a listener on the host's loopback?"""
+    try:
+        with socket.create_connection((task["host"], task["port"]), timeout=2):
+            return {"ok": True, "connected": True}
+    except OSError as exc:
+        return {"ok": True, "connected": False, "message": str(exc)[:200]}
+
+
+def main() -> int:
+    if "--warm" in sys.argv:
+        import torch  # noqa: F401  (the expensive part of start-up, done before a job is waiting)
+
+        import p2pnode.compute.jobs  # noqa: F401
+    write_frame({"ready": True})
+    try:
+        task = read_frame()
+    except EOFError:
+        return 0
+    try:
+        apply_limits(task)
+        result = netprobe(task) if task.get("task") == "netprobe" else run_job(task)
+    except Exception as exc:  # anything else is reported, typed as a crash, never left silent
+        result = {"ok": False, "error": "crashed", "message": f"{type(exc).__name__}: {exc}"[:500],
+                  "trace": traceback.format_exc()[-2000:]}
+    write_frame(result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
