@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 
 MAX_BODY = 50 * 1024  # what a Solana validator's RPC accepts
 MAX_BATCH = 1024
+MAX_CONNECTIONS = 512  # beyond this, new connections wait for a slot (backpressure, not unbounded tasks)
+WRITE_TIMEOUT_S = 30.0  # a client that does not read its response is dropped
 IDLE_TIMEOUT_S = 60.0
 READ_TIMEOUT_S = 30.0  # a request must arrive completely within this once started
 _JSON_HEADERS = [("content-type", "application/json; charset=utf-8")]
@@ -55,6 +57,7 @@ class LocalnetServer:
     bound_port: int = field(init=False, default=0)
     _wake: trio.Event = field(init=False)
     _listeners: list = field(init=False, default_factory=list)
+    _conn_slots: trio.CapacityLimiter = field(init=False)
 
     def __post_init__(self) -> None:
         self.chain = LocalChain(dev=self.dev)
@@ -64,6 +67,7 @@ class LocalnetServer:
             self.chain.restore(accounts, meta)
             self.chain.lookup_record = self.ledger.record
         self._wake = trio.Event()
+        self._conn_slots = trio.CapacityLimiter(MAX_CONNECTIONS)
         self.methods = Methods(self.chain, on_write=self._notify)
 
     @property
@@ -136,6 +140,10 @@ class LocalnetServer:
         return out if "id" in req else None
 
     async def _serve_conn(self, stream: trio.SocketStream) -> None:
+        async with self._conn_slots:
+            await self._serve_conn_inner(stream)
+
+    async def _serve_conn_inner(self, stream: trio.SocketStream) -> None:
         try:
             stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError:
@@ -151,10 +159,14 @@ class LocalnetServer:
                 headers = [*_JSON_HEADERS, ("content-length", str(len(payload)))]
                 if conn.their_state is h11.ERROR or status >= 400 and status != 405:
                     headers.append(("connection", "close"))
-                await stream.send_all(conn.send(h11.Response(status_code=status, headers=headers)))
+                out = conn.send(h11.Response(status_code=status, headers=headers))
                 if payload:
-                    await stream.send_all(conn.send(h11.Data(data=payload)))
-                await stream.send_all(conn.send(h11.EndOfMessage()))
+                    out += conn.send(h11.Data(data=payload))
+                out += conn.send(h11.EndOfMessage())
+                with trio.move_on_after(WRITE_TIMEOUT_S) as cs:
+                    await stream.send_all(out)
+                if cs.cancelled_caught:
+                    return
                 if conn.our_state is h11.MUST_CLOSE or conn.their_state is not h11.DONE:
                     return
                 conn.start_next_cycle()
@@ -212,10 +224,11 @@ class LocalnetServer:
             return
         payload = text.encode()
         try:
-            await stream.send_all(conn.send(h11.Response(status_code=status, headers=[
-                ("content-type", "text/plain"), ("content-length", str(len(payload))), ("connection", "close")])))
-            await stream.send_all(conn.send(h11.Data(data=payload)))
-            await stream.send_all(conn.send(h11.EndOfMessage()))
+            out = conn.send(h11.Response(status_code=status, headers=[
+                ("content-type", "text/plain"), ("content-length", str(len(payload))), ("connection", "close")]))
+            out += conn.send(h11.Data(data=payload)) + conn.send(h11.EndOfMessage())
+            with trio.move_on_after(WRITE_TIMEOUT_S):
+                await stream.send_all(out)
         except (h11.LocalProtocolError, trio.BrokenResourceError, trio.ClosedResourceError):
             pass
 

@@ -114,6 +114,18 @@ def classify(err: Any, logs: Sequence[str], tx: Transaction | VersionedTransacti
     return TransactionFailed(f"{where}: transaction failed: {text} ({tail})", err, logs)
 
 
+def is_nonce_transaction(tx: Transaction | VersionedTransaction) -> bool:
+    """True when the first instruction is System AdvanceNonceAccount (the runtime's durable-nonce rule)."""
+    msg = tx.message
+    if not msg.instructions:
+        return False
+    ix = msg.instructions[0]
+    keys = msg.account_keys
+    data = bytes(ix.data)
+    return (ix.program_id_index < len(keys) and keys[ix.program_id_index] == SYSTEM_PROGRAM_ID
+            and len(data) >= 4 and struct.unpack_from("<I", data)[0] == 4)
+
+
 class ChainClient:
     """Trio-safe Solana RPC client: typed errors, retries with backoff, confirmation by polling."""
 
@@ -351,4 +363,4 @@ class ChainClient:
 
 
 __all__ = ["AccountMissing", "BlockhashExpired", "ChainClient", "ChainError", "ConfirmTimeout", "InsufficientFunds",
-           "RpcUnreachable", "TransactionFailed", "classify"]
+           "RpcUnreachable", "TransactionFailed", "classify", "is_nonce_transaction"]
