@@ -162,16 +162,18 @@ class ChainClient:
                 with trio.fail_after(self.timeout_s):
                     return await fn(*args, **kwargs)
             except (trio.TooSlowError, *_TRANSPORT_ERRORS) as exc:
-                if isinstance(exc, httpx2.HTTPStatusError) and exc.response.status_code < 500 and \
-                        exc.response.status_code != 429:
-                    raise ChainError(f"{self.url}: {what} answered HTTP {exc.response.status_code}; is this a "
-                                     "Solana JSON-RPC endpoint?") from None
+                inner = exc.__cause__ if isinstance(exc, SolanaRpcException) and exc.__cause__ else exc
+                if isinstance(inner, httpx2.HTTPStatusError) and inner.response.status_code < 500 and \
+                        inner.response.status_code != 429:
+                    raise ChainError(f"{self.url}: {what} answered HTTP {inner.response.status_code}; is this a "
+                                     "Solana JSON-RPC endpoint? fix chain.rpc_url") from None
                 last = exc
                 if attempt < self.retries:
                     await trio.sleep(delay)
                     delay = min(delay * 2, 5.0)
         cause = last.__cause__ if last is not None and last.__cause__ is not None else last
-        raise RpcUnreachable(f"{self.url}: RPC unreachable ({what}: {type(cause).__name__}: {cause}) after "
+        detail = str(cause).splitlines()[0] if str(cause) else ""
+        raise RpcUnreachable(f"{self.url}: RPC unreachable ({what}: {type(cause).__name__}: {detail}) after "
                              f"{self.retries + 1} attempts; start `p2pnode localnet` or fix chain.rpc_url") from None
 
     def _rpc_error(self, what: str, exc: Exception) -> ChainError:
