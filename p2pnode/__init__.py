@@ -21,6 +21,8 @@ from .errors import ConfigError, P2PNodeError, ProtocolError, UserError
 from .identity import Identity, KeyFileError
 from .config import NodeConfig, load_config
 from .store import Store
+from .chain.emission import TOTAL_HOURS, emitted_through, hour_emission
+from .chain.network import NetworkFileError, NetworkParams
 from .wire import (
     BadSignature,
     Device,
@@ -48,6 +50,11 @@ __all__ = [
     "Identity",
     "KeyFileError",
     "MalformedMessage",
+    "NetworkFileError",
+    "NetworkParams",
+    "TOTAL_HOURS",
+    "emitted_through",
+    "hour_emission",
     "Message",
     "NodeConfig",
     "Offer",
