@@ -23,6 +23,15 @@ from .config import NodeConfig, load_config
 from .store import Store
 from .chain.emission import TOTAL_HOURS, emitted_through, hour_emission
 from .chain.network import NetworkFileError, NetworkParams
+from .chain.rpc import (
+    BlockhashExpired,
+    ChainClient,
+    ChainError,
+    ConfirmTimeout,
+    InsufficientFunds,
+    RpcUnreachable,
+    TransactionFailed,
+)
 from .wire import (
     BadSignature,
     Device,
@@ -44,6 +53,13 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BadSignature",
+    "BlockhashExpired",
+    "ChainClient",
+    "ChainError",
+    "ConfirmTimeout",
+    "InsufficientFunds",
+    "RpcUnreachable",
+    "TransactionFailed",
     "ConfigError",
     "Device",
     "FrameError",
