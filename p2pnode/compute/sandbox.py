@@ -305,5 +305,8 @@ class WorkerPool:
             worker = await self._ready[device][1].receive()
         if scope.cancelled_caught:
             return JobResult("crashed", message="no worker became ready")
-        self._nursery.start_soon(self._spawn, device)  # replace it while this job runs
-        return await _run_on(worker, {"task": "job", "spec": pack(spec.to_wire())}, inputs, limits, progress)
+        try:
+            return await _run_on(worker, {"task": "job", "spec": pack(spec.to_wire())}, inputs, limits, progress)
+        finally:
+            # Replace it after the job: a torch import running beside the job would steal its CPU.
+            self._nursery.start_soon(self._spawn, device)

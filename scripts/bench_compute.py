@@ -1,0 +1,134 @@
+"""Figures for issue 4 (verified compute), each as a ratio to a baseline measured in the same run.
+
+1. attestation verifier time / prover time at the CPU challenge size, plus the cost model for GPU sizes;
+2. Freivalds (matmul verifier) time / matmul time by n;
+3. sandbox start-up per job: cold (spawn + torch import) and warm (pool) — goal <= 300 ms;
+4. a job's time inside the node (warm pool, wall clock) / the same torch work run directly — goal <= 1.05 for
+   jobs >= 1 s.
+
+Usage: .venv/bin/python scripts/bench_compute.py
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+import trio
+
+from p2pnode.compute import attest as A
+from p2pnode.compute import jobs as J
+from p2pnode.compute import sandbox as S
+from p2pnode.compute.jobs.matmul import MatmulSpec, seeded_inputs
+
+
+def bench_attest() -> None:
+    claim = A.calibrate("cpu") / 2
+    params = A.plan_challenge(claim, target_s=3.0)
+    out = trio.run(lambda: A.attest_self("cpu", claimed_tflops=claim, params=params))
+    # time the verifier alone on the same challenge, outside the protocol
+    seed = bytes(32)
+    ch = A.AttestChallenge(seed=seed, n=params.n, b=params.b, steps=params.steps, mats=params.mats,
+                           opened=params.opened, claimed_tflops=claim, device_index=0, provider="", issued_at=0,
+                           deadline_s=0)
+    p = A.Prover("cpu")
+    p.warm()
+    t0 = time.perf_counter()
+    p.setup(ch)
+    fps: list[int] = []
+    p.run(lambda t, fp: fps.append(fp))
+    prover_s = time.perf_counter() - t0
+    opened = A.choose_openings(ch.steps, ch.opened)
+    openings = {t: p.opening(t) for t in opened}
+    t0 = time.perf_counter()
+    v = A.ChainVerifier(ch, fps)
+    gen_t0 = time.perf_counter()
+    for l in sorted({t % ch.mats for t in opened}):
+        v.w(l)
+    gen_s = time.perf_counter() - gen_t0
+    for t in opened:
+        assert v.check_step(t, *openings[t]).passed
+    verifier_s = time.perf_counter() - t0
+    per_open = (verifier_s - gen_s) / len(opened)
+    print(f"[attest] self-attestation: passed={out.attestation.passed} {out.attestation.tflops:.4f} TFLOPS "
+          f"(claim {claim:.4f}), n={params.n} b={params.b} steps={params.steps} opened={params.opened}")
+    print(f"[attest] prover {prover_s:.3f} s, verifier {verifier_s:.3f} s (W generation {gen_s:.3f} s, "
+          f"{per_open * 1e3:.1f} ms per opened step) -> verifier/prover = {verifier_s / prover_s:.3f} (goal <= 0.10)")
+    # cost model: V = L' * g * n^2 + s * (c * (n^2 + 10 n b)); P = steps * 2 n^2 b / F
+    g = gen_s / max(1, len({t % ch.mats for t in opened})) / params.n**2
+    c = per_open / (params.n**2 + 10 * params.n * params.b)
+    for n, b, F in [(8192, 2048, 50.0), (8192, 2048, 400.0)]:
+        gp = A.plan_challenge(F, n=n, b=b, target_s=3.0)
+        vs = min(gp.mats, gp.opened) * g * n * n + gp.opened * c * (n * n + 10 * n * b)
+        print(f"[attest] GPU model n={n} b={b} {F:g} TFLOPS: {gp.steps} steps, prover {gp.expected_s(F):.2f} s, "
+              f"verifier ~{vs:.2f} s on this CPU -> ratio ~{vs / gp.expected_s(F):.2f} "
+              f"(V = min(L,s)*{g * 1e9:.2f}ns*n^2 + s*{c * 1e9:.2f}ns*(n^2+10nb); P = steps*2n^2b/F)")
+
+
+def bench_freivalds() -> None:
+    rng = np.random.default_rng(0)
+    for n in (256, 512, 1024, 2048):
+        spec = MatmulSpec(dtype="fp32", batch=1, m=n, k=n, n=n, source="seed", seed=b"\2" * 32, rounds=2)
+        job = J.JobSpec.make("matmul", spec)
+        a_raw, b_raw = seeded_inputs(spec)
+        a = torch.frombuffer(bytearray(a_raw), dtype=torch.float32).reshape(1, n, n)
+        b = torch.frombuffer(bytearray(b_raw), dtype=torch.float32).reshape(1, n, n)
+        torch.bmm(a, b)
+        t0 = time.perf_counter()
+        c = torch.bmm(a, b)
+        mm_s = time.perf_counter() - t0
+        out = c.numpy().astype("<f4").tobytes()
+        t0 = time.perf_counter()
+        ok = J.KINDS["matmul"].verifier()(spec, [], [out], rng).ok  # verifier given the operands (no regeneration)
+        fv_s = time.perf_counter() - t0
+        print(f"[freivalds] n={n}: matmul {mm_s * 1e3:.1f} ms, Freivalds 2 rounds {fv_s * 1e3:.1f} ms "
+              f"(incl. operand decode) -> ratio {fv_s / mm_s:.2f} ok={ok}")
+
+
+async def bench_sandbox() -> None:
+    small = J.JobSpec.make("matmul", MatmulSpec(dtype="fp32", batch=1, m=8, k=8, n=8, source="seed", seed=b"\3" * 32))
+    colds = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        r = await S.run_job(small, [])
+        colds.append(time.perf_counter() - t0)
+        assert r.ok
+    print(f"[sandbox] cold start-up (spawn{' + unshare' if S.isolation_available() else ''} + torch import + "
+          f"job): median {sorted(colds)[1] * 1e3:.0f} ms")
+    warms = []
+    async with S.WorkerPool(["cpu"], per_device=1) as pool:
+        for _ in range(5):
+            await pool.warm()
+            t0 = time.perf_counter()
+            r = await pool.run_job(small, [])
+            warms.append(time.perf_counter() - t0)
+            assert r.ok
+        print(f"[sandbox] warm start-up + tiny job (pool): median {sorted(warms)[2] * 1e3:.1f} ms (goal <= 300 ms)")
+        # node vs direct for a >= 1 s job
+        n, batch = 2048, 8
+        spec = MatmulSpec(dtype="fp32", batch=batch, m=n, k=n, n=n, source="seed", seed=b"\4" * 32)
+        a_raw, b_raw = seeded_inputs(spec)
+        job = J.JobSpec.make("matmul", MatmulSpec(dtype="fp32", batch=batch, m=n, k=n, n=n), [a_raw, b_raw])
+        directs, nodes = [], []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            J.run(job, [a_raw, b_raw])  # the same runner, in this process: decode, bmm, encode
+            directs.append(time.perf_counter() - t0)
+            await pool.warm()
+            t0 = time.perf_counter()
+            r = await pool.run_job(job, [a_raw, b_raw], limits=S.Limits(wall_s=600))
+            nodes.append(time.perf_counter() - t0)
+            assert r.ok, r.message
+        d, nd = min(directs), min(nodes)
+        print(f"[sandbox] {batch}x{n}^3 fp32 job: direct {d:.2f} s, inside the node {nd:.2f} s -> ratio "
+              f"{nd / d:.3f} (goal <= 1.05)")
+
+
+if __name__ == "__main__":
+    import sys
+
+    if "--sandbox-only" not in sys.argv:
+        bench_attest()
+        bench_freivalds()
+    trio.run(bench_sandbox)
