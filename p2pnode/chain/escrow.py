@@ -533,6 +533,19 @@ async def lease_nonce(client: Any, store: Store, provider: Keypair, renter: Pubk
     import trio
 
     p = str(provider.pubkey())
+    lock = _NONCE_LOCKS.setdefault((id(store), p, str(renter)), trio.Lock())
+    async with lock:  # two jobs leasing at once must not both create the same next pool entry
+        return await _lease_nonce_locked(client, store, provider, renter, job_id, wait_s)
+
+
+_NONCE_LOCKS: dict[tuple[int, str, str], Any] = {}
+
+
+async def _lease_nonce_locked(client: Any, store: Store, provider: Keypair, renter: Pubkey, job_id: bytes,
+                              wait_s: float) -> tuple[Pubkey, Hash]:
+    import trio
+
+    p = str(provider.pubkey())
     with store.tx() as db:
         row = db.execute("SELECT address FROM escrow_nonces WHERE leased_job = ?", (job_id,)).fetchone()
         if row is None:

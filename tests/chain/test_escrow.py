@@ -244,3 +244,17 @@ async def test_wrong_arbiter_and_unfunded_escrow(client, funded_keypair, tmp_pat
         await E.verify_funding(client, a)
     with pytest.raises(E.RefundRefused, match="arbiter"):
         await E.arbiter_cosign_refund(client, p.ops[1], a, b"")
+
+
+async def test_concurrent_nonce_leases_get_distinct_accounts(client, funded_keypair, tmp_path):
+    p = await make_pair(client, funded_keypair, tmp_path)
+    got = []
+
+    async def lease():
+        got.append(await E.lease_nonce(client, p.store, p.provider, p.renter.pubkey(), os.urandom(16)))
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(3):
+            nursery.start_soon(lease)
+    assert len({addr for addr, _ in got}) == 3
+    assert len(p.store.query("SELECT * FROM escrow_nonces WHERE leased_job IS NOT NULL")) == 3
