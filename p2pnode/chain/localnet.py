@@ -12,6 +12,7 @@ import json
 import logging
 import signal
 import socket
+import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from typing import Any
 import h11
 import trio
 
-from .localnet_ledger import Ledger
+from .localnet_ledger import Ledger, LedgerError
 from .localnet_rpc import INTERNAL_ERROR, INVALID_REQUEST, PARSE_ERROR, Methods, RpcError
 from .localnet_state import SLOT_S, LocalChain
 
@@ -95,7 +96,12 @@ class LocalnetServer:
         then are those transactions reported finalized."""
         snap = self.chain.take_snapshot()
         if self.ledger is not None and (snap.accounts or snap.records or snap.meta):
-            await trio.to_thread.run_sync(self.ledger.write, snap)
+            try:
+                await trio.to_thread.run_sync(self.ledger.write, snap)
+            except (OSError, sqlite3.Error) as exc:
+                # Durability is the promise: stop serving rather than confirm what is not on disk.
+                raise LedgerError(f"{self.ledger.path}: cannot write the ledger ({exc}); free disk space or fix "
+                                  "permissions, then restart (unconfirmed transactions must be resent)") from None
         self.chain.mark_durable(snap.signatures)
 
     async def _flusher(self) -> None:
@@ -261,9 +267,11 @@ class LocalnetServer:
                 task_status.started(self)
         finally:
             with trio.CancelScope(shield=True):
-                await self.flush()
-                if self.ledger is not None:
-                    self.ledger.close()
+                try:
+                    await self.flush()
+                finally:
+                    if self.ledger is not None:
+                        self.ledger.close()
 
 
 async def run_localnet(host: str = "127.0.0.1", port: int = 8899, ledger: Path | None = None, dev: bool = False,

@@ -35,6 +35,14 @@ def localnet(
         raise LocalnetError(f"--port {port}: must be in 0..65535")
     try:
         run_trio(run_localnet, host, port, ledger, dev, announce)
+    except BaseExceptionGroup as group:  # a UserError raised inside the server's nursery (e.g. ledger write)
+        user = group.subgroup(lambda e: isinstance(e, UserError))
+        if user is None:
+            raise
+        first = user
+        while isinstance(first, BaseExceptionGroup):
+            first = first.exceptions[0]
+        raise first from None
     except OSError as exc:
         raise LocalnetError(f"cannot listen on {host}:{port} ({exc.strerror or exc}); pick another --port") from None
     print("p2pnode localnet: stopped", file=sys.stderr, flush=True)

@@ -107,3 +107,24 @@ async def test_rpc_going_away_and_coming_back(fresh_localnet):
                 await trio.to_thread.run_sync(net.start)
             assert result == [SOL]
         assert await c.balance(kp.pubkey()) == SOL
+
+
+async def test_ledger_write_failure_stops_serving_and_never_confirms(tmp_path):
+    """If the ledger cannot be written, nothing is reported finalized and the server stops with a LedgerError."""
+    from p2pnode.chain.localnet import LocalnetServer
+    from p2pnode.chain.localnet_ledger import LedgerError
+
+    server = LocalnetServer(host="127.0.0.1", port=0, ledger_dir=tmp_path / "ledger", slot_s=10.0)
+    statuses = []
+    with pytest.raises(BaseExceptionGroup) as info:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(server.serve)
+            server.ledger.db.close()  # every further write fails like a full or vanished disk would
+            kp = Keypair()
+            sig = server.chain.airdrop(kp.pubkey(), SOL)
+            server._notify()
+            await trio.sleep(1)
+            statuses.append(server.chain.status(sig).durable)
+    assert info.value.subgroup(lambda e: isinstance(e, LedgerError)) is not None
+    assert statuses in ([], [False])
+    assert server.chain.status(sig).durable is False
