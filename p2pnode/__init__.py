@@ -23,15 +23,6 @@ from .config import NodeConfig, load_config
 from .store import Store
 from .chain.emission import TOTAL_HOURS, emitted_through, hour_emission
 from .chain.network import NetworkFileError, NetworkParams
-from .chain.rpc import (
-    BlockhashExpired,
-    ChainClient,
-    ChainError,
-    ConfirmTimeout,
-    InsufficientFunds,
-    RpcUnreachable,
-    TransactionFailed,
-)
 from .wire import (
     BadSignature,
     Device,
@@ -88,3 +79,15 @@ __all__ = [
     "open_envelope",
     "seal",
 ]
+
+# ChainClient pulls in solana-py/solders (~0.2 s): imported on first use, so `import p2pnode` stays light.
+_LAZY_CHAIN_RPC = {"BlockhashExpired", "ChainClient", "ChainError", "ConfirmTimeout", "InsufficientFunds",
+                   "RpcUnreachable", "TransactionFailed"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY_CHAIN_RPC:
+        from .chain import rpc
+
+        return getattr(rpc, name)
+    raise AttributeError(f"module 'p2pnode' has no attribute {name!r}")
