@@ -79,6 +79,9 @@ class ProviderNode:
         try:
             async with self.net.running(), trio.open_nursery() as nursery:
                 self.nursery = nursery
+                # First offer once a seed peer is connected (or we gave up waiting), so it is not lost.
+                with trio.move_on_after(self.cfg.net.dial_timeout_s):
+                    await self.net.discovery.bootstrapped.wait()
                 await nursery.start(self.publisher.run)
                 nursery.start_soon(self._track_seq)
                 try:

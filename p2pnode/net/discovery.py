@@ -92,6 +92,7 @@ class Discovery:
         from libp2p.peer.peerinfo import PeerInfo
 
         me = self.host.get_id()
+        found: list = []
         try:
             with trio.move_on_after(max(self.settings.dial_timeout_s, 5.0)):
                 found = await self.dht.peer_routing.find_closest_peers_network(me.to_bytes())

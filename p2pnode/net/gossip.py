@@ -15,6 +15,7 @@ NAT, and every test on loopback, share an IP.
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter, OrderedDict, defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -149,7 +150,11 @@ class Gossip:
         self.host = host
         self.settings = settings or GossipSettings()
         self.router = _make_router(self.settings)
-        self.pubsub = Pubsub(host, self.router, strict_signing=True, cache_size=4096)
+        # seen_ttl covers an offer's whole life (10 min) so a replay is caught by the seen cache or by expiry
+        self.pubsub = Pubsub(host, self.router, strict_signing=True, cache_size=4096, seen_ttl=660)
+        # py-libp2p starts the pubsub seqno at int(time.time()): a node restarted within the same second reuses
+        # message IDs (from + seqno) that peers have seen and silently drops. Nanoseconds never repeat.
+        self.pubsub.counter = time.time_ns()
         self.rejections = RejectionCounters()
         self._validators: dict[str, TopicValidator] = {}
         self._handlers: dict[str, list[Handler]] = defaultdict(list)

@@ -112,16 +112,50 @@ def build_host(identity: Identity, settings: HostSettings):
 async def running_host(identity: Identity, settings: HostSettings) -> AsyncIterator[object]:
     """Run a listening host for the body of the block and close every connection afterwards, even on Ctrl-C."""
     host, listen = build_host(identity, settings)
+    for addr in listen:
+        _check_port_free(addr)
     try:
-        try:
-            async with host.run(listen_addrs=listen):
+        async with host.run(listen_addrs=listen):
+            if not host.get_transport_addrs():
+                raise ConfigError(f"cannot listen on {', '.join(map(str, listen))}; check net.listen / --listen")
+            try:
                 yield host
-        except OSError as exc:
-            raise ConfigError(f"cannot listen on {', '.join(map(str, listen))} ({exc.strerror or exc}); "
-                              "choose another port with --listen or net.listen") from None
+            finally:
+                # Close while the swarm service still runs: closing after run() has exited leaves the TCP
+                # sockets open (the peer keeps a live connection to a node that is gone).
+                await _close(host)
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {', '.join(map(str, listen))} ({exc.strerror or exc}); "
+                          "choose another port with --listen or net.listen") from None
     finally:
-        with trio.CancelScope(shield=True), trio.move_on_after(5):
-            await host.close()
+        await _close(host)  # idempotent; covers a failure inside run() before the body started
+
+
+def _check_port_free(addr: multiaddr.Multiaddr) -> None:
+    """Refuse a fixed port someone already listens on.
+
+    py-libp2p binds with SO_REUSEPORT, so a second node on the same port would start "fine" and the kernel would
+    split incoming connections between the two. A plain bind (no SO_REUSEPORT) fails if anyone listens there.
+    """
+    port = int(addr.value_for_protocol("tcp"))
+    if port == 0:
+        return
+    try:
+        ip, family = addr.value_for_protocol("ip4"), socket.AF_INET
+    except Exception:
+        ip, family = addr.value_for_protocol("ip6"), socket.AF_INET6
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind((ip, port))
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {addr} ({exc.strerror or exc}): another process (another node?) "
+                          "holds the port; stop it or choose another port with --listen or net.listen") from None
+
+
+async def _close(host) -> None:
+    with trio.CancelScope(shield=True), trio.move_on_after(5):
+        await host.close()
 
 
 def _local_ips() -> list[str]:
