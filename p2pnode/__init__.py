@@ -44,6 +44,12 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BadSignature",
+    "BootstrapNode",
+    "LightClient",
+    "NetNode",
+    "OfferBook",
+    "OfferValidator",
+    "ProviderNode",
     "BlockhashExpired",
     "ChainClient",
     "ChainError",
@@ -85,7 +91,16 @@ _LAZY_CHAIN_RPC = {"BlockhashExpired", "ChainClient", "ChainError", "ConfirmTime
                    "RpcUnreachable", "TransactionFailed"}
 
 
+# The roles pull in libp2p (~0.7 s): imported on first use. None of them imports torch.
+_LAZY_NET = {"LightClient": "renter", "ProviderNode": "provider", "BootstrapNode": "operator",
+             "OfferBook": "market.book", "OfferValidator": "market.offers", "NetNode": "net.node"}
+
+
 def __getattr__(name: str):
+    if name in _LAZY_NET:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY_NET[name]}", __name__), name)
     if name in _LAZY_CHAIN_RPC:
         from .chain import rpc
 
