@@ -1,0 +1,298 @@
+"""Network figures of issue 2, measured on loopback with the real stack (TCP + Noise + yamux, GossipSub).
+
+    .venv/bin/python scripts/bench_net.py [--nodes 10] [--bulk-mib 64] [--json]
+
+* connect time (fresh host pair, dial → connection ready), p50 / max over 20;
+* 32-byte request/response round trip on one open stream, p50 / p99 over 2000;
+* one-stream bulk transfer MB/s, and the same bytes over raw trio TCP in the same run (ratio);
+* offer propagation over a seed + (nodes-1) providers: publish → in every other node's book, p50 / p99;
+* idle RSS of a provider (real device detection, so torch is loaded) and of a light client, each in its own
+  process after 3 s idle.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import trio
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from p2pnode.config import NetConfig, NodeConfig, OfferConfig  # noqa: E402
+from p2pnode.identity import Identity  # noqa: E402
+from p2pnode.net.host import HostSettings, peer_info, running_host  # noqa: E402
+from p2pnode.wire import Device  # noqa: E402
+
+LOOP = "/ip4/127.0.0.1/tcp/0"
+ECHO = "/bench/echo/1.0.0"
+SINK = "/bench/sink/1.0.0"
+CPU = [Device(kind="cpu", name="bench cpu", mem_bytes=8 << 30)]
+
+
+def pct(values: list[float], q: float) -> float:
+    s = sorted(values)
+    return s[min(int(q * len(s)), len(s) - 1)]
+
+
+def rss_mib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+async def bench_connect(n: int = 20) -> dict:
+    times = []
+    for _ in range(n):
+        a, b = Identity.generate(), Identity.generate()
+        async with running_host(a, HostSettings(listen=[LOOP])) as ha, \
+                running_host(b, HostSettings(listen=[LOOP])) as hb:
+            info = peer_info(str(ha.get_addrs()[0]))
+            t = time.perf_counter()
+            await hb.connect(info)
+            times.append((time.perf_counter() - t) * 1e3)
+    return {"connect_ms_p50": statistics.median(times), "connect_ms_max": max(times)}
+
+
+async def bench_streams(bulk_mib: int, rounds: int = 2000) -> dict:
+    a, b = Identity.generate(), Identity.generate()
+    out: dict = {}
+    async with running_host(a, HostSettings(listen=[LOOP])) as ha, \
+            running_host(b, HostSettings(listen=[LOOP])) as hb:
+        async def echo(stream):
+            try:
+                while True:
+                    data = await stream.read(32)
+                    if not data:
+                        break
+                    await stream.write(data)
+            except Exception:
+                pass
+
+        received = trio.Event()
+        total = {"n": 0}
+
+        async def sink(stream):
+            try:
+                while True:
+                    data = await stream.read(1 << 20)
+                    if not data:
+                        break
+                    total["n"] += len(data)
+                    if total["n"] >= bulk_mib << 20:
+                        await stream.write(b"k")
+                        received.set()
+            except Exception:
+                pass
+
+        ha.set_stream_handler(ECHO, echo)
+        ha.set_stream_handler(SINK, sink)
+        await hb.connect(peer_info(str(ha.get_addrs()[0])))
+        s = await hb.new_stream(ha.get_id(), [ECHO])
+        msg = os.urandom(32)
+        rtts = []
+        for _ in range(rounds):
+            t = time.perf_counter()
+            await s.write(msg)
+            got = b""
+            while len(got) < 32:
+                got += await s.read(32 - len(got))
+            rtts.append((time.perf_counter() - t) * 1e3)
+        await s.close()
+        out["rtt32_ms_p50"] = statistics.median(rtts)
+        out["rtt32_ms_p99"] = pct(rtts, 0.99)
+
+        chunk = os.urandom(1 << 20)  # 1 MiB writes, the DESIGN.md bulk chunk size
+        s = await hb.new_stream(ha.get_id(), [SINK])
+        t = time.perf_counter()
+        for _ in range(bulk_mib):
+            await s.write(chunk)
+        with trio.fail_after(120):
+            await received.wait()
+            await s.read(1)
+        dt = time.perf_counter() - t
+        await s.close()
+        out["bulk_libp2p_MBps"] = (bulk_mib << 20) / dt / 1e6
+    out["bulk_raw_tcp_MBps"] = await bench_raw_tcp(bulk_mib)
+    out["bulk_ratio_to_raw_tcp"] = out["bulk_libp2p_MBps"] / out["bulk_raw_tcp_MBps"]
+    return out
+
+
+async def bench_raw_tcp(bulk_mib: int) -> float:
+    """Baseline: the same bytes over a plain trio TCP socket on loopback, same chunk size, same process."""
+    done = trio.Event()
+    result = {}
+
+    async def handler(stream):
+        n = 0
+        while n < bulk_mib << 20:
+            data = await stream.receive_some(1 << 20)
+            if not data:
+                break
+            n += len(data)
+        await stream.send_all(b"k")
+        done.set()
+
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(trio.serve_tcp, handler, 0, )
+        port = listeners[0].socket.getsockname()[1]
+        client = await trio.open_tcp_stream("127.0.0.1", port)
+        chunk = os.urandom(1 << 20)
+        t = time.perf_counter()
+        for _ in range(bulk_mib):
+            await client.send_all(chunk)
+        await client.receive_some(1)
+        result["dt"] = time.perf_counter() - t
+        await client.aclose()
+        nursery.cancel_scope.cancel()
+    return (bulk_mib << 20) / result["dt"] / 1e6
+
+
+async def bench_propagation(nodes: int, publishes: int = 20) -> dict:
+    from p2pnode.operator import BootstrapNode
+    from p2pnode.provider import ProviderNode
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-net-"))
+
+    def cfg(name: str, bootstrap: list[str]) -> tuple[NodeConfig, Identity]:
+        ident = Identity.generate()
+        c = NodeConfig(home=tmp / name)
+        c.net = NetConfig(listen=[LOOP], bootstrap=bootstrap, heartbeat_s=1.0)
+        c.offer = OfferConfig(price=1, republish_s=3600, ttl_s=600)
+        ident.save(c.key_file)
+        return c, ident
+
+    latencies: list[float] = []
+    per_publish_max: list[float] = []
+    bc, bi = cfg("boot", [])
+    async with BootstrapNode.start(bc, identity=bi) as boot, trio.open_nursery() as nursery:
+        seed = boot.addrs()[0]
+        provs = []
+        for i in range(nodes - 1):
+            c, ident = cfg(f"p{i}", [seed])
+            node = ProviderNode(c, identity=ident, devices=CPU)
+            started = trio.Event()
+
+            async def run(node=node, started=started):
+                async with node.running():
+                    started.set()
+                    await trio.sleep_forever()
+
+            nursery.start_soon(run)
+            await started.wait()
+            provs.append(node)
+        everyone = [boot] + provs
+        # let the DHT introduce everyone and the meshes form
+        with trio.move_on_after(30):
+            while not all(len(p.book) == len(provs) for p in everyone):
+                await trio.sleep(0.2)
+        await trio.sleep(3)
+        for k in range(publishes):
+            src = provs[k % len(provs)]
+            others = [n for n in everyone if n is not src]
+            t0 = time.perf_counter()
+            offer = await src.publisher.publish_now()
+            arrived: dict[int, float] = {}
+            with trio.move_on_after(10):
+                while len(arrived) < len(others):
+                    for i, n in enumerate(others):
+                        if i not in arrived:
+                            got = n.book.get(src.peer_id)
+                            if got is not None and got.seq >= offer.seq:
+                                arrived[i] = (time.perf_counter() - t0) * 1e3
+                    await trio.sleep(0.001)
+            latencies.extend(arrived.values())
+            latencies.extend([float("inf")] * (len(others) - len(arrived)))
+            per_publish_max.append(max(arrived.values(), default=float("inf")))
+            await trio.sleep(0.3)
+        peers = statistics.mean(len(n.net.connected_peers()) for n in everyone)
+        nursery.cancel_scope.cancel()
+    return {"nodes": nodes, "publishes": publishes, "deliveries": len(latencies),
+            "propagation_ms_p50": statistics.median(latencies), "propagation_ms_p99": pct(latencies, 0.99),
+            "propagation_all_nodes_ms_p50": statistics.median(per_publish_max),
+            "missed": sum(1 for x in latencies if x == float("inf")), "mean_peers_per_node": peers}
+
+
+# --- idle RSS, each role in its own process -------------------------------------------------------------------
+
+async def _child(role: str, seed: str, settle_s: float) -> None:
+    tmp = Path(tempfile.mkdtemp(prefix="bench-rss-"))
+    net = NetConfig(listen=[LOOP], bootstrap=[seed])
+    if role == "light":
+        from p2pnode.renter import LightClient
+
+        async with LightClient(net).running() as c:
+            await c.wait_joined(10)
+            await trio.sleep(settle_s)
+            print(json.dumps({"rss_mib": rss_mib(), "torch_loaded": "torch" in sys.modules}))
+    else:
+        from p2pnode.provider import ProviderNode
+
+        c = NodeConfig(home=tmp)
+        c.net = net
+        Identity.generate().save(c.key_file)
+        async with ProviderNode.start(c) as node:  # real device detection (torch)
+            await trio.sleep(settle_s)
+            print(json.dumps({"rss_mib": rss_mib(), "torch_loaded": "torch" in sys.modules,
+                              "devices": [d.name for d in node.publisher.current.devices]}))
+
+
+async def bench_rss(settle_s: float = 3.0) -> dict:
+    from p2pnode.operator import BootstrapNode
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-seed-"))
+    c = NodeConfig(home=tmp)
+    c.net = NetConfig(listen=[LOOP])
+    ident = Identity.generate()
+    ident.save(c.key_file)
+    out = {}
+    async with BootstrapNode.start(c, identity=ident) as boot:
+        seed = boot.addrs()[0]
+        for role in ("provider", "light"):
+            proc = await trio.run_process([sys.executable, __file__, "--child", role, "--seed", seed,
+                                           "--settle", str(settle_s)], capture_stdout=True, capture_stderr=True)
+            line = proc.stdout.decode().strip().splitlines()[-1]
+            out[role] = json.loads(line)
+    return {"idle_rss_provider_mib": out["provider"]["rss_mib"], "idle_rss_light_client_mib": out["light"]["rss_mib"],
+            "provider_torch_loaded": out["provider"]["torch_loaded"],
+            "light_client_torch_loaded": out["light"]["torch_loaded"]}
+
+
+async def main(args) -> None:
+    import logging
+
+    import libp2p  # noqa: F401
+
+    logging.getLogger("libp2p").setLevel(logging.CRITICAL)
+    if args.child:
+        await _child(args.child, args.seed, args.settle)
+        return
+    results: dict = {}
+    results.update(await bench_connect())
+    results.update(await bench_streams(args.bulk_mib))
+    results.update(await bench_propagation(args.nodes))
+    results.update(await bench_rss())
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        for k, v in results.items():
+            print(f"{k:32} {v:.3f}" if isinstance(v, float) else f"{k:32} {v}")
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser()
+    p.add_argument("--nodes", type=int, default=10)
+    p.add_argument("--bulk-mib", type=int, default=64)
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--child", choices=["provider", "light"])
+    p.add_argument("--seed", default="")
+    p.add_argument("--settle", type=float, default=3.0)
+    trio.run(main, p.parse_args())
