@@ -35,7 +35,7 @@ def setup_logging(verbose: bool = False) -> None:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", force=True)
     logging.getLogger("libp2p").setLevel(logging.INFO if verbose else logging.CRITICAL)
-    for noisy in ("multiaddr", "zeroconf", "httpx", "asyncio"):
+    for noisy in ("multiaddr", "zeroconf", "httpx", "httpx2", "httpcore", "asyncio"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
