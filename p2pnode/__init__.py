@@ -46,6 +46,10 @@ __all__ = [
     "BadSignature",
     "BootstrapNode",
     "LightClient",
+    "RentOutcome",
+    "Renter",
+    "Wanted",
+    "JobSpec",
     "NetNode",
     "OfferBook",
     "OfferValidator",
@@ -93,6 +97,8 @@ _LAZY_CHAIN_RPC = {"BlockhashExpired", "ChainClient", "ChainError", "ConfirmTime
 
 # The roles pull in libp2p (~0.7 s): imported on first use. None of them imports torch.
 _LAZY_NET = {"LightClient": "renter", "ProviderNode": "provider", "BootstrapNode": "operator",
+             "Renter": "market.renter_jobs", "RentOutcome": "market.renter_jobs", "Wanted": "market.reputation",
+             "JobSpec": "compute.jobs",
              "OfferBook": "market.book", "OfferValidator": "market.offers", "NetNode": "net.node"}
 
 

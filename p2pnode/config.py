@@ -69,6 +69,21 @@ class ComputeConfig:
 
 
 @dataclass
+class MarketConfig:
+    """Job negotiation and payment timing (both roles); the defaults suit real jobs, tests shrink them."""
+
+    voucher_interval_s: float = 5.0  # renter pays for the work done so far this often
+    quote_ttl_s: int = 30  # a quote is binding this long
+    request_timeout_s: float = 10.0  # every negotiation step must answer within this
+    fund_timeout_s: float = 60.0  # renter: fund + confirm; provider: wait for escrow_funded
+    result_grace_s: float = 30.0  # beyond max_s before a silent job counts as failed
+    max_input_bytes: int = 256 * 1024 * 1024  # provider: total input blobs of one job
+    max_output_bytes: int = 1024 * 1024 * 1024  # renter: total output blobs it will download
+    slash_bps: int = 1000  # operators: share of a provider's stake slashed per proven bad result
+    settle_retry_s: float = 5.0  # provider: retry pending settlements this often
+
+
+@dataclass
 class NodeConfig:
     """Everything a node reads at start; sections map one-to-one to TOML tables."""
 
@@ -77,6 +92,7 @@ class NodeConfig:
     offer: OfferConfig = field(default_factory=OfferConfig)
     chain: ChainConfig = field(default_factory=ChainConfig)
     compute: ComputeConfig = field(default_factory=ComputeConfig)
+    market: MarketConfig = field(default_factory=MarketConfig)
 
     @property
     def key_file(self) -> Path:

@@ -19,11 +19,30 @@ from .net.node import BOOTSTRAP, NetNode
 
 
 class BootstrapNode:
-    def __init__(self, cfg: NodeConfig, *, identity: Identity | None = None) -> None:
+    def __init__(self, cfg: NodeConfig, *, identity: Identity | None = None, arbiter: bool | None = None) -> None:
         self.cfg = cfg
         self.identity = identity or Identity.load(cfg.key_file)
         self.net = NetNode(self.identity, cfg.net, BOOTSTRAP, home=cfg.home)
         self.nursery: trio.Nursery | None = None
+        # arbiter + slashing duties: when this seed's key is one of the network's operators (network.json)
+        self.arbiter = None
+        self._arbiter_wanted = arbiter
+
+    def _make_arbiter(self):
+        if self._arbiter_wanted is False or not self.cfg.network_file.exists():
+            return None
+        from .chain.network import NetworkParams
+        from .chain.rpc import ChainClient
+        from .market.evidence import ArbiterService
+        from .store import Store
+
+        params = NetworkParams.load(self.cfg.network_file)
+        if self.identity.address not in params.operators:
+            return None
+        store = Store(self.cfg.db_file)
+        client = ChainClient(self.cfg.chain.rpc_url, timeout_s=self.cfg.chain.confirm_timeout_s)
+        return ArbiterService(self.identity, store, params, client, slash_bps=self.cfg.market.slash_bps,
+                              gossip=self.net.gossip)
 
     @classmethod
     @asynccontextmanager
@@ -47,11 +66,18 @@ class BootstrapNode:
     async def running(self) -> AsyncIterator["BootstrapNode"]:
         async with self.net.running(), trio.open_nursery() as nursery:
             self.nursery = nursery
+            self.arbiter = self._make_arbiter()
             try:
+                if self.arbiter is not None:
+                    await nursery.start(self.arbiter.run, self.net.host)
                 yield self
             finally:
                 self.nursery = None
                 nursery.cancel_scope.cancel()
+                if self.arbiter is not None:
+                    with trio.CancelScope(shield=True):
+                        await self.arbiter.client.aclose()
+                    self.arbiter.store.close()
 
     async def run(self) -> None:
         async with self.running():

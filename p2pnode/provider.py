@@ -31,7 +31,9 @@ class ProviderNode:
     """A provider: gossips its offer (devices from the compute capability unless given) and books everyone's."""
 
     def __init__(self, cfg: NodeConfig, *, identity: Identity | None = None, store: Store | None = None,
-                 devices: Sequence[Device] | Callable[[], Sequence[Device]] | None = None) -> None:
+                 devices: Sequence[Device] | Callable[[], Sequence[Device]] | None = None,
+                 jobs: bool | None = None, job_runner: Callable | None = None,
+                 job_tamper: Callable | None = None) -> None:
         self.cfg = cfg
         self.identity = identity or Identity.load(cfg.key_file)
         self._own_store = store is None
@@ -45,8 +47,11 @@ class ProviderNode:
             fixed = list(devices)
             self._devices = lambda: fixed
         self.net = NetNode(self.identity, cfg.net, PROVIDER, home=cfg.home)
-        self.publisher = OfferPublisher(self.identity, self.store, cfg.offer, self._publish, self._devices,
-                                        self._offer_addrs)
+        # the marketplace: jobs are served when the node knows its network (network.json), unless told otherwise
+        self.jobs = self._job_service(jobs, job_runner, job_tamper)
+        self.publisher = OfferPublisher(self.identity, self.store, cfg.offer, self._publish,
+                                        self.jobs.offer_devices if self.jobs is not None else self._devices,
+                                        self._offer_addrs, self._stake_account)
         self.nursery: trio.Nursery | None = None
 
     @classmethod
@@ -67,6 +72,25 @@ class ProviderNode:
     def addrs(self) -> list[str]:
         return self.net.addrs()
 
+    def _job_service(self, enabled: bool | None, runner: Callable | None, tamper: Callable | None):
+        if enabled is False or (enabled is None and not self.cfg.network_file.exists()):
+            return None
+        from .chain.network import NetworkParams
+        from .chain.rpc import ChainClient
+        from .market.provider_jobs import JobService
+
+        params = NetworkParams.load(self.cfg.network_file)
+        self.chain = ChainClient(self.cfg.chain.rpc_url, timeout_s=self.cfg.chain.confirm_timeout_s)
+        return JobService(self.identity, self.store, self.cfg, params, self.chain, list(self._devices()),
+                          on_capacity=lambda: self.publisher.changed(), runner=runner, tamper=tamper)
+
+    def _stake_account(self) -> str:
+        if self.jobs is None:
+            return ""
+        from .chain.stake import stake_addresses
+
+        return str(stake_addresses(self.identity.address).account)
+
     def _offer_addrs(self) -> list[str]:
         return self.net.addrs()
 
@@ -83,6 +107,8 @@ class ProviderNode:
                 with trio.move_on_after(self.cfg.net.dial_timeout_s):
                     await self.net.discovery.bootstrapped.wait()
                 await nursery.start(self.publisher.run)
+                if self.jobs is not None:
+                    await nursery.start(self.jobs.run, self.net.host)
                 nursery.start_soon(self._track_seq)
                 try:
                     yield self
@@ -90,6 +116,8 @@ class ProviderNode:
                     nursery.cancel_scope.cancel()
         finally:
             self.nursery = None
+            if self.jobs is not None:
+                await self.chain.aclose()
             if self._own_store:
                 self.store.close()
 

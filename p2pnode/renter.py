@@ -65,3 +65,12 @@ class LightClient:
             await self.wait_joined(wait_s)
             await self.book.settle(quiet_s=quiet_s, timeout=wait_s)
         return self.book.offers()
+
+
+def __getattr__(name: str):
+    """``Renter`` (the marketplace client built on LightClient) lives in market/renter_jobs.py; re-exported here."""
+    if name in ("Renter", "RentOutcome", "NoProvider"):
+        from .market import renter_jobs
+
+        return getattr(renter_jobs, name)
+    raise AttributeError(f"module 'p2pnode.renter' has no attribute {name!r}")

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Callable
 import typer
 
 from ..config import DEFAULT_HOME, NodeConfig, load_config
+from ..errors import UserError
 
 app = typer.Typer(
     name="p2pnode",
@@ -35,10 +36,29 @@ def node_config(home: Path, config: Path | None = None, **sections: dict[str, An
 
 
 def run_trio(fn: Callable[..., Any], *args: Any) -> Any:
-    """Run an async command body under trio; Ctrl-C cancels it cleanly (nurseries unwind, hosts close)."""
+    """Run an async command body under trio; Ctrl-C cancels it cleanly (nurseries unwind, hosts close).
+
+    A UserError raised inside nested nurseries arrives wrapped in ExceptionGroups; unwrap a lone one so the CLI
+    prints its one line instead of a traceback.
+    """
     import trio
 
-    return trio.run(fn, *args)
+    try:
+        return trio.run(fn, *args)
+    except BaseExceptionGroup as group:
+        leaf = _lone_leaf(group)
+        if isinstance(leaf, (UserError, KeyboardInterrupt)):
+            raise leaf from None
+        raise
+
+
+def _lone_leaf(exc: BaseException) -> BaseException | None:
+    """The single non-group exception inside nested groups, or None when there are several."""
+    while isinstance(exc, BaseExceptionGroup):
+        if len(exc.exceptions) != 1:
+            return None
+        exc = exc.exceptions[0]
+    return exc
 
 
 @app.callback()
