@@ -103,12 +103,13 @@ class ProviderNode:
         try:
             async with self.net.running(), trio.open_nursery() as nursery:
                 self.nursery = nursery
+                # Serve /iog/job before the first offer announces us.
+                if self.jobs is not None:
+                    await nursery.start(self.jobs.run, self.net.host)
                 # First offer once a seed peer is connected (or we gave up waiting), so it is not lost.
                 with trio.move_on_after(self.cfg.net.dial_timeout_s):
                     await self.net.discovery.bootstrapped.wait()
                 await nursery.start(self.publisher.run)
-                if self.jobs is not None:
-                    await nursery.start(self.jobs.run, self.net.host)
                 nursery.start_soon(self._track_seq)
                 try:
                     yield self
@@ -117,7 +118,8 @@ class ProviderNode:
         finally:
             self.nursery = None
             if self.jobs is not None:
-                await self.chain.aclose()
+                with trio.CancelScope(shield=True):
+                    await self.chain.aclose()
             if self._own_store:
                 self.store.close()
 

@@ -112,6 +112,10 @@ class Devnet:
     ops: list[Identity] = field(default_factory=list)
     provider_ids: list[Identity] = field(default_factory=list)
     renter_id: Identity | None = None
+    # [market] settings every home gets: short enough that a devnet job pays while it runs and a dead peer is
+    # noticed within seconds (tests shrink them further)
+    market: dict[str, float] = field(default_factory=lambda: {"voucher_interval_s": 1.0, "request_timeout_s": 15.0,
+                                                               "settle_retry_s": 2.0})
 
     def home(self, name: str) -> Path:
         return self.root / name
@@ -137,8 +141,8 @@ class Devnet:
         lines = ["[net]", 'listen = ["/ip4/127.0.0.1/tcp/0"]']
         if bootstrap:
             lines.append(f'bootstrap = ["{bootstrap}"]')
-        lines += ["", "[chain]", f'rpc_url = "{self.rpc_url}"', "", "[market]", "voucher_interval_s = 1.0",
-                  "request_timeout_s = 15.0", "settle_retry_s = 2.0"]
+        lines += ["", "[chain]", f'rpc_url = "{self.rpc_url}"', "", "[market]"]
+        lines += [f"{k} = {v!r}" for k, v in self.market.items()]
         if price:
             lines += ["", "[offer]", f"price = {price}", "min_s = 1", "max_s = 3600", "republish_s = 30.0"]
         (home / "config.toml").write_text("\n".join(lines) + "\n")
@@ -146,10 +150,36 @@ class Devnet:
 
     # --- the steps -----------------------------------------------------------------------------------------
 
+    def child(self, name: str) -> Child:
+        return next(c for c in self.children if c.name == name)
+
     async def start_chain(self) -> None:
-        child = self._spawn("localnet", "localnet", "--port", "0", "--ledger", str(self.root / "ledger"), "--dev")
+        port = self.rpc_url.rsplit(":", 1)[1] if self.rpc_url else "0"  # a restart keeps the URL every home has
+        child = self._spawn("localnet", "localnet", "--port", port, "--ledger", str(self.root / "ledger"), "--dev")
         self.rpc_url = await wait_for_line(child, _URL_RE, 60)
         self.say(f"chain      local chain (LiteSVM) at {self.rpc_url}")
+
+    def stop_chain(self) -> None:
+        """Stop the local chain (its ledger is kept; `start_chain` brings it back on the same URL)."""
+        chain = self.child("localnet")
+        chain.stop()
+        self.children.remove(chain)
+
+    def kill(self, name: str) -> None:
+        """SIGKILL a child and everything in its session (a crash: nothing gets to flush or settle)."""
+        child = self.child(name)
+        if child.proc is not None:
+            try:
+                os.killpg(child.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            child.proc.wait()
+            child.proc = None
+        self.children.remove(child)
+
+    def restart_provider(self, i: int) -> Child:
+        """Start provider-<i> again on its existing home (same key, same store)."""
+        return self._spawn(f"provider-{i}", "run", "--home", str(self.home(f"provider-{i}")))
 
     async def genesis(self, client: Any) -> None:
         from solders.keypair import Keypair

@@ -157,8 +157,13 @@ class Renter:
     # --- renting -------------------------------------------------------------------------------------------
 
     async def rent(self, spec: JobSpec, inputs: list[bytes], want: Wanted, *, attempts: int = 3,
-                   discover_s: float = 10.0, exclude: set[str] | None = None) -> RentOutcome:
-        """Run `spec` on the best fitting provider, moving on after a refusal, time-out or wrong result."""
+                   discover_s: float = 10.0, busy_wait_s: float = 60.0, exclude: set[str] | None = None
+                   ) -> RentOutcome:
+        """Run `spec` on the best fitting provider, moving on after a refusal, time-out or wrong result.
+
+        At most `attempts` providers are tried for real (a busy refusal does not count: busy providers are asked
+        again, best first, until one is free or `busy_wait_s` has passed).
+        """
         self.progress("discovery", "looking for offers")
         t0 = time.perf_counter()
         candidates = await self.wait_for_offers(want, timeout=discover_s)
@@ -168,20 +173,41 @@ class Renter:
                              f"{want.min_tflops}, {want.max_s} s); check `p2pnode offers`")
         self.progress("discovery", f"{len(candidates)} fitting offer(s) in {time.perf_counter() - t0:.2f} s")
         tried: list[Attempt] = []
-        for offer in candidates[:max(attempts, 1)]:
-            try:
-                outcome = await self._rent_from(offer, spec, inputs, want)
-            except _JobFailed as exc:
-                tried.append(Attempt(offer.peer_id, exc.outcome, exc.detail))
-                self.reputation.record(offer.peer_id, {"refused": "refused", "bad_result": "bad_results"}
-                                       .get(exc.outcome, "failed"))
-                self.progress("negotiation", f"{offer.peer_id[-8:]}: {exc.outcome}: {exc.detail}; trying the next")
-                continue
-            self.reputation.record(offer.peer_id, "ok")
-            outcome.attempts = tried + [Attempt(offer.peer_id, "ok")]
-            return outcome
+        given_up: set[str] = set()  # failed for real: not asked again in this call
+        busy_until = trio.current_time() + busy_wait_s
+        backoff = 0.25
+        while True:
+            busy = 0
+            for offer in candidates:
+                if offer.peer_id in given_up or len(given_up) >= max(attempts, 1):
+                    continue
+                try:
+                    outcome = await self._rent_from(offer, spec, inputs, want)
+                except _JobFailed as exc:
+                    tried.append(Attempt(offer.peer_id, exc.outcome, exc.detail))
+                    if exc.outcome == "refused" and exc.detail.startswith("busy"):  # not held against it
+                        busy += 1
+                        self.progress("negotiation", f"{offer.peer_id[-8:]} is busy")
+                        continue
+                    self.reputation.record(offer.peer_id, {"refused": "refused", "bad_result": "bad_results"}
+                                           .get(exc.outcome, "failed"))
+                    given_up.add(offer.peer_id)
+                    self.progress("negotiation", f"{offer.peer_id[-8:]}: {exc.outcome}: {exc.detail}; "
+                                                 "trying the next")
+                    continue
+                self.reputation.record(offer.peer_id, "ok")
+                outcome.attempts = tried + [Attempt(offer.peer_id, "ok")]
+                return outcome
+            if not busy or trio.current_time() + backoff > busy_until:
+                break
+            self.progress("negotiation", f"every free provider is busy; asking again in {backoff:.2f} s")
+            await trio.sleep(backoff)
+            backoff = min(backoff * 2, 4.0)
+            # offers change while we wait (providers re-publish when a device frees up)
+            fresh = rank(self.book.offers(), want, self.reputation)
+            candidates = [o for o in fresh if not exclude or o.peer_id not in exclude] or candidates
         raise NoProvider("every fitting provider refused or failed: " +
-                         "; ".join(f"{a.peer_id[-8:]} {a.outcome} ({a.detail})" for a in tried))
+                         "; ".join(f"{a.peer_id[-8:]} {a.outcome} ({a.detail})" for a in tried[-8:]))
 
     async def _connect(self, offer: Offer) -> Any:
         from libp2p.peer.id import ID
