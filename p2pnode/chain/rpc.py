@@ -323,9 +323,10 @@ class ChainClient:
         status = (await self._call("getSignatureStatuses", self._client.get_signature_statuses, [sig])).value[0]
         if status is None or status.err is not None:
             return False
-        level = {TransactionConfirmationStatus.Processed: "processed",
-                 TransactionConfirmationStatus.Confirmed: "confirmed",
-                 TransactionConfirmationStatus.Finalized: "finalized"}.get(status.confirmation_status, "processed")
+        # solders' status enum is not hashable: compare, don't look it up
+        cs = status.confirmation_status
+        level = ("finalized" if cs == TransactionConfirmationStatus.Finalized
+                 else "confirmed" if cs == TransactionConfirmationStatus.Confirmed else "processed")
         return _ORDER[level] >= _ORDER[self.commitment]
 
     async def get_transaction(self, sig: Signature | str) -> tuple[Transaction, int | None, bool] | None:
