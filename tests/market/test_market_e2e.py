@@ -1,0 +1,123 @@
+"""The marketplace end to end across processes: negotiate, fund, upload, run, verify, pay — and every job paid once."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import trio
+
+from p2pnode.chain import escrow
+from p2pnode.chain.rpc import ChainClient
+from p2pnode.compute.jobs import JobSpec
+from p2pnode.compute.jobs.matmul import MatmulSpec
+from p2pnode.market.devnet import PROVIDER_PRICES, matmul_job
+from p2pnode.market.negotiation import JobQuote
+from p2pnode.market.reputation import Wanted
+from p2pnode.wire import open_envelope
+
+from .conftest import balances, new_renter, provider_address, provider_jobs, provider_peer, supply
+
+
+def uploaded_matmul(n: int, rng: np.random.Generator) -> tuple[JobSpec, list[bytes], np.ndarray]:
+    a = rng.standard_normal((n, n), dtype=np.float32)
+    b = rng.standard_normal((n, n), dtype=np.float32)
+    inputs = [a.astype("<f4").tobytes(), b.astype("<f4").tobytes()]
+    spec = JobSpec.make("matmul", MatmulSpec(dtype="fp32", batch=1, m=n, k=n, n=n, source="inputs"), inputs)
+    return spec, inputs, a.astype(np.float64) @ b.astype(np.float64)
+
+
+async def tx_count(url: str) -> int:
+    async with ChainClient(url, timeout_s=10) as c:
+        return (await c._client.get_transaction_count()).value
+
+
+async def test_happy_path_uploaded_inputs_verified_and_paid(market_net):
+    net = market_net
+    renter = await new_renter(net, "renter-happy")
+    spec, inputs, expected = uploaded_matmul(192, np.random.default_rng(1))
+    want = Wanted(max_price=max(PROVIDER_PRICES), max_s=60)
+    p1 = provider_address(net, 1)
+    before = await balances(net, renter.address, p1)
+    supply_before = await supply(net)
+    async with renter.running(background_refunds=False):
+        out = await renter.rent(spec, inputs, want)
+        # the result is the renter's: C = A @ B, bit for bit what the provider computed, and checked
+        got = np.frombuffer(out.outputs[0], dtype="<f4").reshape(192, 192)
+        assert np.allclose(got, expected, rtol=1e-4, atol=1e-3)
+        assert out.verified and out.provider == provider_peer(net, 1)  # the cheapest offer first
+        assert out.price == PROVIDER_PRICES[0] and out.settle_sig and out.fund_sig
+
+        # a second job with the same provider: the nonce account is reused, so exactly 2 transactions on chain
+        n0 = await tx_count(net.rpc_url)
+        out2 = await renter.rent(matmul_job(128), [], want)
+        n1 = await tx_count(net.rpc_url)
+        assert out2.provider == out.provider and out2.verified and out2.settle_sig
+        assert n1 - n0 == 2, f"{n1 - n0} transactions for one job"
+        rows = {o.job_id: renter.agreements.get(o.job_id) for o in (out, out2)}
+    after = await balances(net, renter.address, p1)
+    paid = out.paid + out2.paid
+    fees = out.fee + out2.fee
+    assert paid > 0 and fees == escrow.fee_of(out.paid, net.params.fee_bps) + escrow.fee_of(out2.paid, net.params.fee_bps)
+    assert after[p1] - before[p1] == paid  # the provider got exactly what was vouched
+    assert before[renter.address] - after[renter.address] == paid + fees  # the rest of both deposits came back
+    assert supply_before - await supply(net) == fees  # the network fee is burned
+
+    # both escrows are closed on chain; both sides keep the job in their stores
+    async with ChainClient(net.rpc_url, timeout_s=10) as c:
+        for o in (out, out2):
+            row = rows[o.job_id]
+            assert row is not None and row.state == "settled" and row.settle_sig == o.settle_sig
+            a = open_envelope(row.quote, JobQuote).message.agreement
+            assert await c.get_account(a.escrow) is None
+            assert await c.signature_succeeded(o.fund_sig) and await c.signature_succeeded(o.settle_sig)
+    prow = {bytes(r["job_id"]): r for r in provider_jobs(net, 1)}
+    assert prow[out.job_id]["state"] == "settled" and prow[out.job_id]["cumulative"] == out.paid
+    assert prow[out2.job_id]["settle_sig"] == out2.settle_sig
+
+    # `p2pnode jobs` lists them from the renter's home
+    res = subprocess.run([sys.executable, "-m", "p2pnode", "jobs", "--home", str(net.home("renter-happy")), "--json"],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    listed = {j["job_id"]: j for j in json.loads(res.stdout)}
+    assert listed[out.job_id.hex()]["state"] == "settled" and listed[out.job_id.hex()]["paid"] == out.paid
+
+
+async def test_three_renters_two_providers_every_job_paid_once(market_net):
+    net = market_net
+    renters = [await new_renter(net, f"renter-c{i}") for i in range(3)]
+    p1, p2 = provider_address(net, 1), provider_address(net, 2)
+    before = await balances(net, p1, p2, *(r.address for r in renters))
+    jobs_before = {i: {bytes(r["job_id"]) for r in provider_jobs(net, i)} for i in (1, 2)}
+    outcomes: dict[str, list] = {r.address: [] for r in renters}
+    want = Wanted(max_price=max(PROVIDER_PRICES), max_s=60)
+
+    async def one(renter, k: int) -> None:
+        async with renter.running(background_refunds=False):
+            for j in range(2):
+                outcomes[renter.address].append(await renter.rent(matmul_job(384 + 32 * k), [], want,
+                                                                  busy_wait_s=120))
+
+    with trio.fail_after(240):
+        async with trio.open_nursery() as nursery:
+            for k, r in enumerate(renters):
+                nursery.start_soon(one, r, k)
+
+    after = await balances(net, p1, p2, *(r.address for r in renters))
+    all_out = [o for outs in outcomes.values() for o in outs]
+    assert len(all_out) == 6 and all(o.verified and o.settle_sig for o in all_out)
+    assert len({o.job_id for o in all_out}) == 6 and len({o.settle_sig for o in all_out}) == 6
+    # both providers served (one device each, so the third renter had to wait for a free one)
+    served = {o.provider for o in all_out}
+    assert served == {provider_peer(net, 1), provider_peer(net, 2)}
+    for i, addr in ((1, p1), (2, p2)):
+        mine = [o for o in all_out if o.provider == provider_peer(net, i)]
+        assert after[addr] - before[addr] == sum(o.paid for o in mine)  # each job paid exactly once
+        new_rows = [r for r in provider_jobs(net, i) if bytes(r["job_id"]) not in jobs_before[i]]
+        settled = [r for r in new_rows if r["state"] == "settled"]
+        assert {bytes(r["job_id"]) for r in settled} == {o.job_id for o in mine}
+    for r in renters:
+        outs = outcomes[r.address]
+        assert before[r.address] - after[r.address] == sum(o.paid + o.fee for o in outs)
