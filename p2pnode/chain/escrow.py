@@ -630,6 +630,12 @@ def _mark(store: Store, job_id: bytes, state: str, sig: str | None) -> str:
     return sig or ""
 
 
+def mark_refunded(store: Store, job_id: bytes) -> None:
+    """Provider: the escrow was closed by the renter's refund with the arbiter (which paid our latest voucher, or
+    the arbiter would not have co-signed); stop trying to settle it."""
+    _mark(store, job_id, REFUNDED, None)
+
+
 async def settle_pending(client: Any, store: Store, provider: Keypair) -> list[tuple[bytes, str | Exception]]:
     """Restart path: settle every provider channel on disk that holds a voucher and is not finished."""
     out: list[tuple[bytes, str | Exception]] = []
