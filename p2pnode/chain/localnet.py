@@ -66,6 +66,7 @@ class LocalnetServer:
             self.ledger = Ledger(self.ledger_dir)
             accounts, meta = self.ledger.load()
             self.chain.restore(accounts, meta)
+            self.chain.restore_index(self.ledger.address_index())
             self.chain.lookup_record = self.ledger.record
         self._wake = trio.Event()
         self._conn_slots = trio.CapacityLimiter(MAX_CONNECTIONS)
@@ -95,7 +96,7 @@ class LocalnetServer:
         """Group commit: everything written since the last flush goes to disk in one fsynced transaction; only
         then are those transactions reported finalized."""
         snap = self.chain.take_snapshot()
-        if self.ledger is not None and (snap.accounts or snap.records or snap.meta):
+        if self.ledger is not None and (snap.accounts or snap.records or snap.meta or snap.addresses):
             try:
                 await trio.to_thread.run_sync(self.ledger.write, snap)
             except (OSError, sqlite3.Error) as exc:

@@ -20,6 +20,8 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS accounts (pubkey BLOB PRIMARY KEY, account BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS txs (sig BLOB PRIMARY KEY, record TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS addr_sigs (addr BLOB NOT NULL, seq INTEGER NOT NULL, sig BLOB NOT NULL,
+                                      PRIMARY KEY (addr, seq));
 """
 
 
@@ -52,6 +54,14 @@ class Ledger:
             raise LedgerError(f"{self.path}: unreadable ledger ({exc}); move it away to start a fresh chain")
         return accounts, meta
 
+    def address_index(self) -> list[tuple[bytes, int, bytes]]:
+        """getSignaturesForAddress's index, oldest first."""
+        try:
+            return [(bytes(a), int(q), bytes(s)) for a, q, s in
+                    self.db.execute("SELECT addr, seq, sig FROM addr_sigs ORDER BY seq")]
+        except sqlite3.Error as exc:
+            raise LedgerError(f"{self.path}: unreadable ledger ({exc}); move it away to start a fresh chain")
+
     def record(self, sig: Signature) -> TxRecord | None:
         row = self.reader.execute("SELECT record FROM txs WHERE sig = ?", (bytes(sig),)).fetchone()
         return TxRecord.from_json(row[0]) if row else None
@@ -67,6 +77,7 @@ class Ledger:
                 else:
                     cur.execute("INSERT OR REPLACE INTO accounts (pubkey, account) VALUES (?, ?)", (key, data))
             cur.executemany("INSERT OR REPLACE INTO txs (sig, record) VALUES (?, ?)", snap.records)
+            cur.executemany("INSERT OR REPLACE INTO addr_sigs (addr, seq, sig) VALUES (?, ?, ?)", snap.addresses)
             cur.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", list(snap.meta.items()))
             cur.execute("COMMIT")
         except BaseException:

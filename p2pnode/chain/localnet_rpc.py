@@ -56,6 +56,7 @@ TOKEN_PROGRAM_ID = Pubkey.from_string("TokenkegQfeZyiNwAJbNbGKPFXCWuBvf9Ss623VQ5
 TOKEN_2022_PROGRAM_ID = Pubkey.from_string("TokenzQdBNbLqP5VEhdkAS6EPFLC1PHnBqCXEpPxuEb")
 MAX_MULTIPLE_ACCOUNTS = 100
 MAX_SIGNATURE_STATUSES = 256
+MAX_SIGNATURES_FOR_ADDRESS = 1000
 MAX_AIRDROP_LAMPORTS = 10**9 * 10**9  # 1e9 SOL: the faucet's own limit
 _RESULT_PREFIX = '{"jsonrpc":"2.0","result":'
 _RESULT_SUFFIX = ',"id":0}'
@@ -188,6 +189,7 @@ class Methods:
             "simulateTransaction": self.simulate_transaction,
             "getSignatureStatuses": self.get_signature_statuses,
             "getTransaction": self.get_transaction,
+            "getSignaturesForAddress": self.get_signatures_for_address,
             "requestAirdrop": self.request_airdrop,
             "getEpochInfo": self.get_epoch_info,
             "getGenesisHash": self.get_genesis_hash,
@@ -514,6 +516,35 @@ class Methods:
             out.append(TransactionStatus(rec.slot, None if rec.durable else 0, rec.err, rec.err, conf))
         return _result(GetSignatureStatusesResp(out, self.ctx()))
 
+    def get_signatures_for_address(self, params: list) -> str:
+        """Newest first; `limit` (1..1000, default 1000), `before`/`until` signatures; finalized (= on disk) only
+        unless a lower commitment is asked for, like a validator's answer."""
+        from solders.rpc.responses import GetSignaturesForAddressResp, RpcConfirmedTransactionStatusWithSignature
+
+        from .localnet_state import memo_text
+
+        address = _pubkey(_param(params, 0, str, "address"), "address")
+        cfg = _config(params, 1)
+        limit = cfg.get("limit", MAX_SIGNATURES_FOR_ADDRESS)
+        if limit is None:
+            limit = MAX_SIGNATURES_FOR_ADDRESS
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_SIGNATURES_FOR_ADDRESS:
+            raise invalid(f"limit must be in 1..{MAX_SIGNATURES_FOR_ADDRESS}")
+        before = _signature(cfg["before"]) if cfg.get("before") is not None else None
+        until = _signature(cfg["until"]) if cfg.get("until") is not None else None
+        finalized_only = cfg.get("commitment", "finalized") not in ("processed", "confirmed")
+        out = []
+        for sig, rec in self.chain.signatures_for(address, limit=MAX_SIGNATURES_FOR_ADDRESS if finalized_only
+                                                  else limit, before=before, until=until):
+            if finalized_only and not rec.durable:
+                continue
+            memo = memo_text(VersionedTransaction.from_bytes(rec.tx)) if rec.tx else None
+            conf = TransactionConfirmationStatus.Finalized if rec.durable else TransactionConfirmationStatus.Processed
+            out.append(RpcConfirmedTransactionStatusWithSignature(sig, rec.slot, rec.err, memo, rec.block_time, conf))
+            if len(out) >= limit:
+                break
+        return _result(GetSignaturesForAddressResp(out))
+
     def get_transaction(self, params: list) -> str:
         sig = _signature(_param(params, 0, str, "signature"))
         cfg = params[1] if len(params) > 1 and params[1] is not None else {}
@@ -525,8 +556,8 @@ class Methods:
         if enc not in ("json", "jsonParsed", "base64", "base58"):
             raise invalid(f"unknown encoding {enc}")
         rec = self.chain.status(sig)
-        if rec is None or not rec.durable or not rec.tx:
-            return "null"
+        if rec is None or not rec.tx or (not rec.durable and cfg.get("commitment") != "confirmed"):
+            return "null"  # finalized (the default) = on disk
         tx = VersionedTransaction.from_bytes(rec.tx)
         legacy = not isinstance(tx.message, MessageV0)
         max_version = cfg.get("maxSupportedTransactionVersion")
@@ -544,11 +575,23 @@ class Methods:
         meta = {"err": err, "status": {"Ok": None} if err is None else {"Err": err}, "fee": rec.fee,
                 "preBalances": rec.pre_balances, "postBalances": rec.post_balances, "innerInstructions": [],
                 "logMessages": rec.logs, "preTokenBalances": [], "postTokenBalances": [], "rewards": [],
-                "loadedAddresses": {"writable": [], "readonly": []}, "computeUnitsConsumed": rec.units}
+                "loadedAddresses": self._loaded(tx), "computeUnitsConsumed": rec.units}
         out: dict[str, Any] = {"slot": rec.slot, "blockTime": rec.block_time, "transaction": tx_json, "meta": meta}
         if max_version is not None:
             out["version"] = "legacy" if legacy else 0
         return json.dumps(out, separators=(",", ":"))
+
+    def _loaded(self, tx: VersionedTransaction) -> dict:
+        """meta.loadedAddresses of a v0 transaction (lookup tables only ever grow, so resolving now is exact)."""
+        from solders.address_lookup_table_account import AddressLookupTable
+
+        out: dict[str, list[str]] = {"writable": [], "readonly": []}
+        for lk in getattr(tx.message, "address_table_lookups", None) or []:
+            acc = self.chain.svm.get_account(lk.account_key)
+            addrs = list(AddressLookupTable.deserialize(bytes(acc.data)).addresses) if acc is not None else []
+            out["writable"] += [str(addrs[i]) for i in bytes(lk.writable_indexes) if i < len(addrs)]
+            out["readonly"] += [str(addrs[i]) for i in bytes(lk.readonly_indexes) if i < len(addrs)]
+        return out
 
     @staticmethod
     def _ui_transaction(tx: VersionedTransaction) -> dict:

@@ -106,6 +106,38 @@ class Snapshot:
     records: list[tuple[bytes, str]]
     meta: dict[str, str]
     signatures: list[Signature] = field(default_factory=list)
+    addresses: list[tuple[bytes, int, bytes]] = field(default_factory=list)  # (address, seq, signature) index rows
+
+
+MEMO_PROGRAM_IDS = (Pubkey.from_string("MemoSq4gqABAXKb96qnH8TysNcWxMyWCqXgDLGmfcHr"),
+                    Pubkey.from_string("Memo1UhkJRfHyvLMcVucJwxXeuD728EqVDDwQDxFMNo"))
+
+
+def loaded_keys(tx: VersionedTransaction, svm: LiteSVM) -> list[Pubkey]:
+    """Every account a transaction references: static keys plus all addresses loaded from lookup tables."""
+    msg = tx.message
+    out = list(msg.account_keys)
+    for lookup in getattr(msg, "address_table_lookups", None) or []:
+        acc = svm.get_account(lookup.account_key)
+        if acc is None:
+            continue
+        try:
+            addrs = list(AddressLookupTable.deserialize(bytes(acc.data)).addresses)
+        except Exception:
+            continue
+        out.extend(addrs[i] for i in list(lookup.writable_indexes) + list(lookup.readonly_indexes) if i < len(addrs))
+    return list(dict.fromkeys(out))
+
+
+def memo_text(tx: VersionedTransaction) -> str | None:
+    """The `memo` field of getSignaturesForAddress: "[len] text" per Memo instruction, joined by "; "."""
+    keys = tx.message.account_keys
+    parts = []
+    for ix in tx.message.instructions:
+        if ix.program_id_index < len(keys) and keys[ix.program_id_index] in MEMO_PROGRAM_IDS:
+            data = bytes(ix.data)
+            parts.append(f"[{len(data)}] {data.decode('utf-8', 'replace')}")
+    return "; ".join(parts) if parts else None
 
 
 def writable_keys(tx: VersionedTransaction, svm: LiteSVM) -> list[Pubkey]:
@@ -152,6 +184,10 @@ class LocalChain:
         self.dirty: set[Pubkey] = set()
         self.pending: list[Signature] = []  # records not yet durable
         self.lookup_record = None  # optional fallback (ledger) for statuses evicted from memory
+        # getSignaturesForAddress: address -> [(seq, signature)] oldest first (rebuilt from the ledger on restart)
+        self.by_address: dict[Pubkey, list[tuple[int, Signature]]] = {}
+        self.index_seq = 0
+        self._pending_index: list[tuple[bytes, int, bytes]] = []
         self._start_time = start_time
         self._set_clock()
 
@@ -311,6 +347,7 @@ class LocalChain:
         self.dirty.update(writable_keys(tx, self.svm))
         self._record(sig, TxRecord(self.slot, self.unix_time(), raw, err, list(meta.logs()), meta.fee(),
                                    meta.compute_units_consumed(), pre, post))
+        self._index(sig, loaded_keys(tx, self.svm))
         return sig
 
     def airdrop(self, to: Pubkey, lamports: int) -> Signature:
@@ -326,7 +363,41 @@ class LocalChain:
         self.dirty.update((faucet, to))
         self._record(sig, TxRecord(self.slot, self.unix_time(), b"", None, list(res.logs()), res.fee(),
                                    res.compute_units_consumed(), pre, post))
+        self._index(sig, [faucet, to])
         return sig
+
+    def _index(self, sig: Signature, keys: list[Pubkey]) -> None:
+        self.index_seq += 1
+        for k in keys:
+            sigs = self.by_address.setdefault(k, [])
+            if sigs and sigs[-1][1] == sig:
+                continue  # an identical airdrop in the same slot has the same signature: one entry
+            sigs.append((self.index_seq, sig))
+            self._pending_index.append((bytes(k), self.index_seq, bytes(sig)))
+
+    def restore_index(self, rows: list[tuple[bytes, int, bytes]]) -> None:
+        for addr, seq, sig in rows:
+            self.by_address.setdefault(Pubkey.from_bytes(addr), []).append((seq, Signature.from_bytes(sig)))
+            self.index_seq = max(self.index_seq, seq)
+
+    def signatures_for(self, address: Pubkey, *, limit: int, before: Signature | None = None,
+                       until: Signature | None = None) -> list[tuple[Signature, TxRecord]]:
+        """Newest first, like getSignaturesForAddress: strictly older than `before`, stopping at `until`."""
+        out = []
+        started = before is None
+        for _seq, sig in reversed(self.by_address.get(address, [])):
+            if not started:
+                started = sig == before
+                continue
+            if until is not None and sig == until:
+                break
+            rec = self.status(sig)
+            if rec is None:
+                continue
+            out.append((sig, rec))
+            if len(out) >= limit:
+                break
+        return out
 
     def _record(self, sig: Signature, rec: TxRecord) -> None:
         self.records[sig] = rec
@@ -346,9 +417,10 @@ class LocalChain:
         records = [(bytes(s), self.records[s].to_json()) for s in sigs]
         self.dirty = set()
         self.pending = []
+        index, self._pending_index = self._pending_index, []
         meta = {"slot": str(self.slot), "time_offset": str(self.time_offset),
                 "transaction_count": str(self.transaction_count), "genesis_hash": str(self.genesis_hash)}
-        return Snapshot(accounts, records, meta, sigs)
+        return Snapshot(accounts, records, meta, sigs, index)
 
     def mark_durable(self, sigs: list[Signature]) -> None:
         for s in sigs:

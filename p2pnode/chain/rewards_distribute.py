@@ -469,6 +469,8 @@ class Distributor:
         transfers = self.store.db.execute("SELECT address, ata, amount FROM reward_transfers WHERE epoch = ?",
                                           (epoch,)).fetchall()
         if n_batches < 0:
+            # nothing of ours is in flight for this epoch; a previous delegate may have paid part or all of it
+            transfers = await self._drop_paid_elsewhere(epoch, alloc.root, transfers)
             pairs = [(Pubkey.from_string(r[0]), Pubkey.from_string(r[1])) for r in transfers]
             await self.ensure_payee_accounts(pairs)
             await self.ensure_lookup_tables([a for _, a in pairs])
@@ -493,6 +495,40 @@ class Distributor:
                        (epoch,))
         log.info("rewards epoch %d paid: %d transfers in %d transactions", epoch, len(transfers), n_batches)
         return PayResult(epoch, len(transfers), landed, sum(r[2] for r in transfers))
+
+    async def _drop_paid_elsewhere(self, epoch: int, root: bytes, transfers: list) -> list:
+        """Remove from the plan what the chain already holds for (epoch, root) — a handover between delegates.
+
+        Runs before any batch of ours exists for the epoch, so every such transfer was sent by another distributor
+        (the previous delegate). An amount that differs from ours for the same account means two different
+        allocations were paid: stop, nothing more is sent.
+        """
+        from .rewards_onchain import reward_transfers
+
+        done = await reward_transfers(self.rpc, self.pool.pool, self.pool.pool, epochs={epoch}, stop_below=epoch)
+        if not done:
+            return transfers
+        other_roots = {t.root for t in done if t.root != root}
+        if other_roots:
+            raise DistributionError(f"epoch {epoch} was already paid on chain under another root "
+                                    f"({sorted(r.hex()[:16] for r in other_roots)}); not paying it again")
+        paid: dict[str, int] = {}
+        for t in done:
+            paid[str(t.dest)] = paid.get(str(t.dest), 0) + t.amount
+        keep = []
+        with self.store.tx() as db:
+            for address, ata, amount in transfers:
+                got = paid.get(ata)
+                if got is None:
+                    keep.append((address, ata, amount))
+                elif got != amount:
+                    raise DistributionError(f"epoch {epoch}: {ata} already received {got} on chain, the plan says "
+                                            f"{amount}; not paying it again")
+                else:
+                    db.execute("DELETE FROM reward_transfers WHERE epoch = ? AND ata = ?", (epoch, ata))
+        log.info("rewards epoch %d: %d of %d transfers were already paid by a previous delegate", epoch,
+                 len(transfers) - len(keep), len(transfers))
+        return keep
 
     async def _pay_batch(self, epoch: int, batch: int, count: int, root: bytes,
                          tables: list[AddressLookupTableAccount]) -> int:

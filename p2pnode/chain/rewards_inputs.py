@@ -25,6 +25,11 @@ schema("rewards_inputs", """
         carry_out INTEGER NOT NULL,
         envelope BLOB NOT NULL
     );
+    CREATE TABLE IF NOT EXISTS reward_own_manifests (
+        epoch    INTEGER PRIMARY KEY,     -- manifests this operator computed and signed itself
+        root     BLOB NOT NULL,
+        envelope BLOB NOT NULL
+    );
     CREATE TABLE IF NOT EXISTS reward_slashed (
         provider TEXT NOT NULL,           -- Solana address
         epoch    INTEGER NOT NULL,        -- first epoch it is excluded from
@@ -131,6 +136,24 @@ def record_manifest(store: Store, signed) -> bool:
         cur = db.execute("INSERT OR IGNORE INTO reward_manifests(epoch, signer, root, carry_out, envelope) "
                          "VALUES(?, ?, ?, ?, ?)", (m.epoch, signed.signer, m.root, m.carry_out, signed.raw))
         return cur.rowcount == 1
+
+
+def record_own_manifest(store: Store, signed) -> None:
+    """An operator's own signed manifest, kept apart from gossip (reward_manifests keeps the first one *received*).
+
+    Closing, catching up and paying go by these, so an operator never skips an epoch because another operator's
+    manifest arrived first, and the delegate pays what it computed itself.
+    """
+    with store.tx() as db:
+        db.execute("INSERT OR IGNORE INTO reward_own_manifests(epoch, root, envelope) VALUES(?, ?, ?)",
+                   (signed.message.epoch, signed.message.root, signed.raw))
+
+
+def own_manifest(store: Store, epoch: int):
+    from .rewards_manifest import RewardsManifest
+
+    row = store.query("SELECT envelope FROM reward_own_manifests WHERE epoch = ?", (epoch,))
+    return open_envelope(bytes(row[0][0]), RewardsManifest) if row else None
 
 
 def stored_manifest(store: Store, epoch: int):

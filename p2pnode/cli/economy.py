@@ -15,7 +15,8 @@ import typer
 from ..errors import UserError
 from .app import DEFAULT_HOME_PATH, ConfigOpt, HomeOpt, JsonOpt, app, node_config, run_trio
 
-rewards_app = typer.Typer(help="Hourly IO rewards: schedule, verification, earnings.", no_args_is_help=True)
+# no_args_is_help=False: bare `p2pnode rewards` shows this node's earnings (callback in cli/rewards.py)
+rewards_app = typer.Typer(help="Hourly IO rewards: schedule, verification, earnings.", no_args_is_help=False)
 app.add_typer(rewards_app, name="rewards")
 stake_app = typer.Typer(help="Provider collateral: deposit, status, unstake request, withdraw.", no_args_is_help=True)
 app.add_typer(stake_app, name="stake")
@@ -65,6 +66,8 @@ def genesis(
     cluster: Annotated[str, typer.Option("--cluster", help="localnet | devnet | testnet | mainnet-beta")] = "localnet",
     fee_bps: Annotated[int, typer.Option("--fee-bps", help="Network fee on job payments (burned).")] = 25,
     cooldown_s: Annotated[int, typer.Option("--unstake-cooldown", help="Unstake cooldown, seconds.")] = 21 * 86400,
+    epoch_s: Annotated[int, typer.Option("--epoch-s", help="Rewards epoch length in seconds (one emission hour "
+                                                          "each; a devnet uses a few seconds).")] = 3600,
     json_out: JsonOpt = False,
 ) -> None:
     """Create the IO mint, the operators' multisig, 500M treasury + 300M rewards pool; drop the mint authority."""
@@ -73,6 +76,8 @@ def genesis(
     from ..identity import Identity
     from solders.pubkey import Pubkey
 
+    if epoch_s <= 0:
+        raise UserError("--epoch-s must be a positive number of seconds")
     folder = out.resolve().parent
     faucet = cluster in ("localnet", "devnet")
     if operator_key:
@@ -97,7 +102,7 @@ def genesis(
     async def body():
         async with ChainClient(rpc) as client:
             return await run_genesis(client, deployer, op_keys, threshold, out, cluster=cluster, airdrop=faucet,
-                                     fee_bps=fee_bps, unstake_cooldown_s=cooldown_s)
+                                     fee_bps=fee_bps, unstake_cooldown_s=cooldown_s, epoch_s=epoch_s)
 
     params, created = _run(body)
     data = json.loads(params.to_json())
@@ -150,7 +155,7 @@ def balance(home: HomeOpt = DEFAULT_HOME_PATH, config: ConfigOpt = None, rpc: Rp
 def stake_deposit(amount: Annotated[str, typer.Argument(help="IO to lock, e.g. 200 or 12.5")],
                   home: HomeOpt = DEFAULT_HOME_PATH, config: ConfigOpt = None, rpc: RpcOpt = None,
                   network: NetworkOpt = None, json_out: JsonOpt = False) -> None:
-    """Lock IO as collateral in this provider's stake account (multisig [provider, operators])."""
+    """Lock IO as collateral in this provider's stake account (owned by a multisig of provider + operators)."""
     from ..chain import stake as S
     from ..chain import token as tk
     from ..chain.rpc import ChainClient
@@ -281,3 +286,8 @@ def rewards_schedule(json_out: JsonOpt = False) -> None:
     lines.append(f"total {format_io(em.POOL)} IO over {em.TOTAL_HOURS} hours; hour 0 = genesis; "
                  f"first hour {format_io(em.hour_emission(0))} IO")
     typer.echo("\n".join(lines))
+
+
+# `rewards verify` / `rewards earnings` / bare `rewards` live in cli/rewards.py; register them with this group
+# (imported last: that module takes `rewards_app` from here).
+from . import rewards as _rewards_commands  # noqa: E402,F401

@@ -11,6 +11,8 @@ from typing import Annotated
 
 import typer
 
+import trio
+
 from ..errors import UserError
 from .app import DEFAULT_HOME_PATH, ConfigOpt, HomeOpt, JsonOpt, app, node_config, run_trio
 
@@ -62,33 +64,61 @@ async def verify_epoch(store, client, params, epoch: int) -> dict:
             "signer": signed.signer_peer_id, "entries": len(m.entries), "differences": diffs}
 
 
-async def earnings(store, client, params, address: str) -> list[dict]:
-    """Per stored manifest: this address's amount, whether its Merkle proof checks, and the cumulative total."""
+async def earnings(store, client, params, address: str, rpc=None) -> list[dict]:
+    """Per stored manifest: this address's amount, whether its Merkle proof checks against the root, and whether
+    the transfer on chain (from the rewards pool to its token account, in a batch whose memo names this epoch and
+    root) carries exactly that amount; the last row sums up with the account's balance.
+
+    `rpc` is a solana-py AsyncClient for the history lookups (getSignaturesForAddress, getTransaction); without it
+    the on-chain check is skipped ("onchain": null).
+    """
     from solders.pubkey import Pubkey
 
     from ..chain import token
     from ..chain.rewards import address_key, merkle_proof, verify_proof
     from ..chain.rewards_manifest import RewardsManifest
+    from ..chain.rewards_onchain import reward_transfers
     from ..wire import open_envelope
 
     rows = store.query("SELECT envelope FROM reward_manifests ORDER BY epoch")
-    out, total = [], 0
+    manifests = [open_envelope(bytes(raw), RewardsManifest).message for (raw,) in rows]
+    ata = token.ata(Pubkey.from_string(address), Pubkey.from_string(params.mint))
+    paid: dict[int, list] = {}
+    if rpc is not None and manifests:
+        for t in await reward_transfers(rpc, ata, Pubkey.from_string(params.rewards_pool),
+                                        stop_below=manifests[0].epoch):
+            if t.dest == ata:
+                paid.setdefault(t.epoch, []).append(t)
+    out, total, onchain_total = [], 0, 0
     key = address_key(address)
-    for (raw,) in rows:
-        m = open_envelope(bytes(raw), RewardsManifest).message
+    for m in manifests:
         e = m.entry_for(address)
+        got = paid.get(m.epoch, [])
+        received = sum(t.amount for t in got if t.root == m.root)
+        onchain_total += received
         if e is None:
             x = next((x for x in m.excluded if x.address == address), None)
-            out.append({"epoch": m.epoch, "amount": 0, "excluded": x.reason if x else None})
+            out.append({"epoch": m.epoch, "amount": 0, "excluded": x.reason if x else None,
+                        "onchain": None if rpc is None else ("ok" if not got else f"unexpected transfer {received}")})
             continue
         leaves = [(address_key(x.address), x.amount) for x in m.entries]
         ok = verify_proof(m.epoch, key, e.amount, merkle_proof(m.epoch, leaves, key), m.root)
         total += e.amount
-        out.append({"epoch": m.epoch, "amount": e.amount, "proof_ok": ok, "cumulative": total})
-    ata = token.ata(Pubkey.from_string(address), Pubkey.from_string(params.mint))
+        if rpc is None:
+            onchain = None
+        elif not got:
+            onchain = "not paid yet"
+        elif any(t.root != m.root for t in got):
+            onchain = "paid under another root"
+        elif received != e.amount:
+            onchain = f"paid {received}, manifest says {e.amount}"
+        else:
+            onchain = "ok"
+        out.append({"epoch": m.epoch, "amount": e.amount, "proof_ok": ok, "cumulative": total, "onchain": onchain,
+                    "signatures": sorted({t.signature for t in got})})
     acc = await client.get_account(ata)
     balance = token.parse_token_account(acc.data).amount if acc is not None else 0
-    out.append({"token_account": str(ata), "balance": balance, "earned": total,
+    out.append({"token_account": str(ata), "balance": balance, "earned": total, "received": onchain_total,
                 "paid_check": "ok" if balance >= total else "balance below earned: unpaid or moved"})
     return out
 
@@ -118,6 +148,14 @@ def verify_cmd(epoch: Annotated[int, typer.Option("--epoch", help="Epoch (= sche
         raise typer.Exit(1)
 
 
+@rewards_app.callback(invoke_without_command=True)
+def rewards_default(ctx: typer.Context, home: HomeOpt = DEFAULT_HOME_PATH, config: ConfigOpt = None,
+                    json_out: JsonOpt = False) -> None:
+    """Hourly IO rewards. Without a sub-command: this node's per-epoch earnings (as `p2pnode rewards earnings`)."""
+    if ctx.invoked_subcommand is None:
+        earnings_cmd(home=home, config=config, json_out=json_out, address=None)
+
+
 @rewards_app.command("earnings")
 def earnings_cmd(home: HomeOpt = DEFAULT_HOME_PATH, config: ConfigOpt = None, json_out: JsonOpt = False,
                  address: Annotated[str | None, typer.Option("--address", help="Payee (default: this node).")] = None
@@ -131,20 +169,46 @@ def earnings_cmd(home: HomeOpt = DEFAULT_HOME_PATH, config: ConfigOpt = None, js
     async def body():
         from ..chain.rpc import ChainClient
 
+        from solana.rpc.async_api import AsyncClient
+
+        from ..chain.rewards_onchain import OnChainError
+
         async with ChainClient(cfg.chain.rpc_url) as client:
-            return await earnings(store, client, params, addr)
+            rpc = AsyncClient(cfg.chain.rpc_url, timeout=cfg.chain.confirm_timeout_s)
+            try:
+                with trio.fail_after(max(60.0, 4 * cfg.chain.confirm_timeout_s)):
+                    return await earnings(store, client, params, addr, rpc)
+            except trio.TooSlowError:
+                raise UserError(f"{cfg.chain.rpc_url}: reading the reward history timed out; try again") from None
+            except OnChainError as exc:
+                raise UserError(str(exc)) from None
+            except Exception as exc:  # transport errors from the history lookups: one line, not a traceback
+                if isinstance(exc, UserError):
+                    raise
+                raise UserError(f"{cfg.chain.rpc_url}: cannot read the reward history ({type(exc).__name__}: "
+                                f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+            finally:
+                with trio.CancelScope(shield=True):
+                    await rpc.close()
 
     rows = run_trio(body)
+    bad = any(r.get("proof_ok") is False or r.get("onchain") not in (None, "ok", "not paid yet") for r in rows[:-1])
     if json_out:
         typer.echo(json.dumps(rows, indent=2))
+        if bad:
+            raise typer.Exit(1)
         return
     from ..chain.token import format_io
 
     for r in rows[:-1]:
         if r["amount"]:
-            typer.echo(f"epoch {r['epoch']:>7}  {format_io(r['amount']):>16} IO  proof {'ok' if r['proof_ok'] else 'BAD'}")
+            typer.echo(f"epoch {r['epoch']:>7}  {format_io(r['amount']):>16} IO  proof {'ok' if r['proof_ok'] else 'BAD'}"
+                       f"  on chain: {r['onchain']}")
         else:
-            typer.echo(f"epoch {r['epoch']:>7}  {'0':>16} IO  {r['excluded'] or 'not in manifest'}")
+            typer.echo(f"epoch {r['epoch']:>7}  {'0':>16} IO  {r['excluded'] or 'not in manifest'}"
+                       + (f"  on chain: {r['onchain']}" if r["onchain"] not in (None, "ok") else ""))
     last = rows[-1]
-    typer.echo(f"earned {format_io(last['earned'])} IO; {last['token_account']} holds {format_io(last['balance'])} IO "
-               f"({last['paid_check']})")
+    typer.echo(f"earned {format_io(last['earned'])} IO, received {format_io(last['received'])} IO on chain; "
+               f"{last['token_account']} holds {format_io(last['balance'])} IO ({last['paid_check']})")
+    if bad:  # an entry that does not check out: exit 1 so scripts notice
+        raise typer.Exit(1)

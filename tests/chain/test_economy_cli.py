@@ -73,3 +73,12 @@ def test_genesis_stake_balance_cli(localnet, tmp_path, capsys):
     assert run_json(capsys, "stake", "status", *common)["stake"] == 250 * IO
     # bad amount: operator-fixable error
     assert main(["stake", "deposit", "12.123456789", *common]) == 2
+
+
+def test_genesis_epoch_length_for_a_devnet(localnet, tmp_path, capsys):
+    """Issue 6: the epoch length is a genesis parameter (seconds on a devnet); the hour index is unaffected."""
+    net = tmp_path / "network.json"
+    assert main(["genesis", "--rpc", localnet.url, "--epoch-s", "0", "--out", str(net)]) == 2
+    assert "--epoch-s" in capsys.readouterr().err and not net.exists()
+    gen = run_json(capsys, "genesis", "--rpc", localnet.url, "--epoch-s", "5", "--out", str(net))
+    assert gen["created"] and gen["epoch_s"] == 5 and NetworkParams.load(net).epoch_s == 5

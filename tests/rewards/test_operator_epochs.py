@@ -173,6 +173,38 @@ async def test_verify_and_earnings_commands(world, h, tmp_path):
     rows = json.loads(res.output)
     assert rows[0]["epoch"] == 4 and rows[0]["amount"] == hour_emission(4) and rows[0]["proof_ok"]
     assert rows[-1]["balance"] == hour_emission(4) and rows[-1]["paid_check"] == "ok"
+    # the entry is checked against the transfer on chain (memo: epoch 4 and the manifest's root, exact amount)
+    assert rows[0]["onchain"] == "ok" and len(rows[0]["signatures"]) == 1
+    assert rows[-1]["received"] == hour_emission(4)
+    # bare `p2pnode rewards` on a provider is the same report
+    res = await trio.to_thread.run_sync(cli, "rewards", "--json")
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output) == rows
+
+    # a valid operator-signed manifest for epoch 4 that is not what was paid: the chain check says so, exit 1
+    from p2pnode.chain.rewards import RewardEntry, split
+    from p2pnode.chain.rewards_manifest import sign_manifest
+
+    other = split(4, emission=hour_emission(4), carry_in=0, inputs=[
+        RewardEntry(address=provider.address, amount=0, cls=1, issued=1, answered=1, stake=0, required=0),
+        RewardEntry(address=h.ident(3).address, amount=0, cls=1, issued=1, answered=1, stake=0, required=0)])
+    s = Store(home / "node.db")
+    s.db.execute("DELETE FROM reward_manifests WHERE epoch = 4")
+    record_manifest(s, open_envelope(sign_manifest(other, op, pool=params.rewards_pool, epoch_s=EPOCH_S,
+                                                   created_at=GENESIS), __import__(
+        "p2pnode.chain.rewards_manifest", fromlist=["RewardsManifest"]).RewardsManifest))
+    s.close()
+    res = await trio.to_thread.run_sync(cli, "rewards", "earnings", "--json")
+    assert res.exit_code == 1
+    rows = json.loads(res.output)
+    assert rows[0]["proof_ok"] and rows[0]["onchain"] == "paid under another root"
+    res = await trio.to_thread.run_sync(cli, "rewards", "earnings")
+    assert res.exit_code == 1 and "paid under another root" in res.output and "Traceback" not in res.output
+    # restore the true manifest for the checks below
+    s = Store(home / "node.db")
+    s.db.execute("DELETE FROM reward_manifests WHERE epoch = 4")
+    record_manifest(s, stored_manifest(op_store, 4))
+    s.close()
 
     # the node saw a second passed attestation the operator never counted: recomputation disagrees
     s = Store(home / "node.db")

@@ -1,0 +1,154 @@
+"""Operator duties around an epoch, on the real localnet: unanswered challenges count against uptime, only the
+pool's delegate pays (and the quorum moves that duty by approving another operator), and an operator closes its
+own manifest even when another operator's arrived first."""
+
+from __future__ import annotations
+
+import os
+
+import trio
+
+from p2pnode.chain import token
+from p2pnode.chain.emission import hour_emission
+from p2pnode.chain.network import NetworkParams
+from p2pnode.chain.rewards_distribute import _accounts, approve_allowance
+from p2pnode.chain.rewards_inputs import compute_allocation, own_manifest, record_manifest, stored_manifest
+from p2pnode.chain.rpc import ChainClient
+from p2pnode.compute.attest import Attestation, record_attestation, validate_attestation
+from p2pnode.operator_epochs import EpochService
+from p2pnode.store import Store
+from p2pnode.wire import Device, open_envelope, seal
+
+EPOCH_S = 10
+GENESIS = 1_700_000_000
+
+
+def params_for(w, operators):
+    return NetworkParams(cluster="localnet", rpc_url=w.url, genesis_time=GENESIS, mint=str(w.pool.mint),
+                         operators=[o.address for o in operators], threshold=2, multisig=str(w.pool.multisig),
+                         treasury=str(w.pool.pool), rewards_pool=str(w.pool.pool), deployer=str(w.payer.pubkey()),
+                         stake_per_device=0, epoch_s=EPOCH_S).validate()
+
+
+def attest(store, verifier, provider, *, at, passed=True, tflops=2.0):
+    att = Attestation(provider=provider.peer_id, device=Device(kind="cpu", name="cpu", mem_bytes=2**30),
+                      device_index=0, tflops=tflops, challenge=os.urandom(32), passed=passed,
+                      verifier=verifier.peer_id, time=at)
+    raw = seal(att, verifier)
+    record_attestation(store, open_envelope(raw, Attestation))
+    return raw
+
+
+async def io_of(w, idents):
+    accs = await _accounts(w.rpc, [token.ata(i.solana_keypair().pubkey(), w.pool.mint) for i in idents])
+    return [0 if a is None else token.parse_token_account(bytes(a.data)).amount for a in accs]
+
+
+async def test_unanswered_challenges_count_as_issued_and_not_answered(world, h, tmp_path):
+    w = world
+    op = h.ident(700)
+    params = params_for(w, [op, h.ident(701)])
+    store = Store(tmp_path / "op.db")
+    flaky, steady, gone = h.ident(10), h.ident(11), h.ident(12)
+    e = 2
+    t = GENESIS + e * EPOCH_S + 1
+    published = []
+
+    async def publish(topic, data):
+        published.append((topic, data))
+
+    async def challenge(peer_id):  # the attestation protocol, as the operator's net layer would run it
+        if peer_id == gone.peer_id:
+            raise ConnectionRefusedError("no route")
+        if peer_id == flaky.peer_id and challenge.calls.setdefault(peer_id, 0) >= 1:
+            await trio.sleep_forever()  # accepts the stream, never answers
+        challenge.calls[peer_id] = challenge.calls.get(peer_id, 0) + 1
+        attest(store, op, flaky if peer_id == flaky.peer_id else steady, at=t)
+
+    challenge.calls = {}
+    async with ChainClient(w.url) as client:
+        svc = EpochService(identity=op, params=params, store=store, client=client, publish=publish,
+                           challenge=challenge, challenge_timeout_s=0.3, now=lambda: t)
+        for p in (flaky, steady, flaky, steady, gone):
+            await svc._one_challenge(p.peer_id)
+        alloc = await compute_allocation(store, client, params, e, carry_in=0)
+    by = {x.address: x for x in alloc.entries}
+    # flaky answered 1 of 2 (the second timed out), steady 2 of 2: same capacity, half the weight
+    assert (by[flaky.address].issued, by[flaky.address].answered) == (2, 1)
+    assert (by[steady.address].issued, by[steady.address].answered) == (2, 2)
+    assert abs(2 * by[flaky.address].amount - by[steady.address].amount) <= 2
+    # the one that never answered is listed as excluded for having no passed attestation, and gets nothing
+    assert {x.address: x.reason for x in alloc.excluded} == {gone.address: "no_pass"}
+    assert sum(x.amount for x in alloc.entries) == hour_emission(e)
+    # the unanswered challenges are signed evidence on /iog/attest/1 that any node accepts and recomputes from
+    assert sorted(svc.unreachable) == sorted([flaky.peer_id, gone.peer_id])
+    assert [tp for tp, _ in published] == ["/iog/attest/1", "/iog/attest/1"]
+    for _, raw in published:
+        signed = validate_attestation(raw, origin=op.peer_id, now=t)
+        assert not signed.message.passed and signed.message.reason.startswith("unreachable")
+
+
+async def test_only_the_pools_delegate_pays_and_the_quorum_moves_the_duty(world, h, tmp_path):
+    w = world
+    op_a, op_b, outsider = h.ident(710), h.ident(711), h.ident(712)
+    params = params_for(w, [op_a, op_b])
+    providers = [h.ident(20), h.ident(21), h.ident(22)]
+    stores = {o.address: Store(tmp_path / f"{o.address}.db") for o in (op_a, op_b)}
+    for o in (op_a, op_b):  # both operators saw the same attestations (gossip), signed by op_a
+        for i, p in enumerate(providers):
+            for e in (1, 2):
+                attest(stores[o.address], op_a, p, at=GENESIS + e * EPOCH_S + 1 + i, tflops=1.0 + i)
+        await w.rpc.request_airdrop(o.solana_keypair().pubkey(), 10 * 10**9)
+    await trio.sleep(0.5)
+
+    async with ChainClient(w.url) as client:
+        def svc(o, now_epoch):
+            return EpochService.for_operator(o, params, stores[o.address], client, w.rpc, grace_s=0, first_epoch=1,
+                                             now=lambda: GENESIS + now_epoch * EPOCH_S)
+
+        assert EpochService.for_operator(outsider, params, Store(tmp_path / "x.db"), client, w.rpc) is None
+        a, b = svc(op_a, 2), svc(op_b, 2)
+        # op_a is the delegate: it pays epoch 1; op_b closes and signs epoch 1 too but pays nothing
+        await approve_allowance(w.rpc, w.pool, op_a.solana_keypair().pubkey(), 10 * hour_emission(1),
+                                w.operators[:2], w.payer)
+        assert await a.is_delegate() and not await b.is_delegate()
+        assert await b.catch_up() == [1]
+        assert await io_of(w, providers) == [0, 0, 0]
+        assert await a.catch_up() == [1]
+        paid1 = await io_of(w, providers)
+        assert sum(paid1) == hour_emission(1)
+        assert own_manifest(stores[op_a.address], 1).message.root == own_manifest(stores[op_b.address], 1).message.root
+        # the quorum approves op_b instead: op_b pays epoch 2 (and would catch up any epoch it has not paid)
+        await approve_allowance(w.rpc, w.pool, op_b.solana_keypair().pubkey(), 10 * hour_emission(2),
+                                w.operators[:2], w.payer)
+        a, b = svc(op_a, 3), svc(op_b, 3)
+        assert await a.catch_up() == [2]
+        assert await io_of(w, providers) == paid1  # op_a is no longer the delegate
+        # op_b closed epoch 1 too and never paid it itself: it finds op_a's transfers for epoch 1 (same root) on
+        # chain and pays only epoch 2 — a handover never pays an epoch twice
+        assert await b.catch_up() == [2]
+        assert b.distributor.epoch_status(1) == "paid"
+        paid2 = await io_of(w, providers)
+        assert sum(paid2) - sum(paid1) == hour_emission(2)
+
+
+async def test_an_operator_closes_its_own_manifest_even_if_anothers_arrived_first(world, h, tmp_path):
+    w = world
+    op_a, op_b = h.ident(720), h.ident(721)
+    params = params_for(w, [op_a, op_b])
+    p = h.ident(30)
+    store_a, store_b = Store(tmp_path / "a.db"), Store(tmp_path / "b.db")
+    attest(store_a, op_a, p, at=GENESIS + 5 * EPOCH_S + 1)
+    async with ChainClient(w.url) as client:
+        a = EpochService(identity=op_a, params=params, store=store_a, client=client, grace_s=0, first_epoch=5,
+                         now=lambda: GENESIS + 6 * EPOCH_S)
+        assert await a.catch_up() == [5]
+        # op_a's manifest reaches op_b by gossip before op_b closes epoch 5; op_b never saw the attestation
+        record_manifest(store_b, stored_manifest(store_a, 5))
+        b = EpochService(identity=op_b, params=params, store=store_b, client=client, grace_s=0, first_epoch=5,
+                         now=lambda: GENESIS + 6 * EPOCH_S)
+        assert b.next_epoch_to_close() == 5  # a received manifest does not count as closed by us
+        assert await b.catch_up() == [5]
+    mine = own_manifest(store_b, 5)
+    assert mine.signer == op_b.public_key and mine.message.entries == []  # computed from what b saw
+    assert stored_manifest(store_b, 5).signer == op_a.public_key  # the first received one is still kept
