@@ -7,6 +7,7 @@ database, plus chain state over RPC, and never trust the manifest's own numbers.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -212,3 +213,66 @@ def earnings_cmd(home: HomeOpt = DEFAULT_HOME_PATH, config: ConfigOpt = None, js
                f"{last['token_account']} holds {format_io(last['balance'])} IO ({last['paid_check']})")
     if bad:  # an entry that does not check out: exit 1 so scripts notice
         raise typer.Exit(1)
+
+
+@rewards_app.command("approve")
+def approve_cmd(
+    distributor: Annotated[str, typer.Option("--distributor", help="Operator address to make the pool's delegate.")],
+    amount: Annotated[str, typer.Option("--amount", help="Allowance in IO (e.g. one day of emission: 110000).")],
+    operator_key: Annotated[list[Path], typer.Option(
+        "--operator-key", help="An operator key file to sign with (repeat; the quorum's worth).")],
+    home: HomeOpt = DEFAULT_HOME_PATH, config: ConfigOpt = None, json_out: JsonOpt = False,
+) -> None:
+    """The operators' quorum approves a capped delegate allowance on the rewards pool (replaces the previous one).
+
+    The distributing operator then pays each epoch alone, up to the allowance; see rewards_distribute.py for why.
+    Needs `threshold` operator key files on this machine (a devnet, or the quorum signing together).
+    """
+    from ..chain import token as tk
+    from ..chain.rewards_distribute import DistributionError, Pool, approve_allowance
+    from ..identity import Identity
+
+    cfg, params, _store = _open(home, config)
+    _store.close()
+    try:
+        dist = tk.pubkey(distributor)
+    except Exception:
+        raise UserError(f"--distributor {distributor!r}: not a base58 Solana address") from None
+    if distributor not in params.operators:
+        raise UserError(f"--distributor {distributor} is not one of the network's operators (network.json)")
+    units = tk.parse_amount(amount)
+    keys = [Identity.load(p).solana_keypair() for p in operator_key]
+    signers = list({str(k.pubkey()): k for k in keys if str(k.pubkey()) in params.operators}.values())
+    if len(signers) < params.threshold:
+        raise UserError(f"the approval needs {params.threshold} of the {len(params.operators)} operators' keys; "
+                        f"got {len(signers)} operator key(s) ({len(keys) - len(signers)} not operators)")
+    signers = signers[: params.threshold]
+
+    async def body():
+        from solana.rpc.async_api import AsyncClient
+
+        rpc = AsyncClient(cfg.chain.rpc_url, timeout=cfg.chain.confirm_timeout_s)
+        try:
+            with trio.fail_after(2 * cfg.chain.confirm_timeout_s + 10):
+                return str(await approve_allowance(rpc, Pool.from_network(params), dist, units, signers,
+                                                   signers[0], timeout_s=cfg.chain.confirm_timeout_s))
+        except DistributionError as exc:
+            raise UserError(f"approval refused: {str(exc).splitlines()[0]}") from None
+        except trio.TooSlowError:
+            raise UserError(f"{cfg.chain.rpc_url}: the approval was not confirmed in time; check `p2pnode rewards "
+                            "approve` again (a repeat approval is harmless: it replaces the allowance)") from None
+        except Exception as exc:
+            if isinstance(exc, UserError):
+                raise
+            raise UserError(f"{cfg.chain.rpc_url}: cannot reach the chain ({type(exc).__name__})") from None
+        finally:
+            with trio.CancelScope(shield=True):
+                await rpc.close()
+
+    sig = run_trio(body)
+    from ..chain.token import format_io
+
+    if json_out:
+        typer.echo(json.dumps({"signature": sig, "distributor": distributor, "allowance": units}))
+    else:
+        typer.echo(f"{distributor} may now pay up to {format_io(units)} IO from the rewards pool ({sig})")

@@ -82,3 +82,41 @@ def test_genesis_epoch_length_for_a_devnet(localnet, tmp_path, capsys):
     assert "--epoch-s" in capsys.readouterr().err and not net.exists()
     gen = run_json(capsys, "genesis", "--rpc", localnet.url, "--epoch-s", "5", "--out", str(net))
     assert gen["created"] and gen["epoch_s"] == 5 and NetworkParams.load(net).epoch_s == 5
+
+
+def test_rewards_approve_needs_the_quorum(localnet, tmp_path, capsys):
+    """`p2pnode rewards approve`: the quorum's SPL Approve making one operator the pool's capped delegate."""
+    from solana.rpc.async_api import AsyncClient
+
+    from p2pnode.chain.rewards_distribute import Pool, allowance
+    from p2pnode.chain import token as tk
+
+    home = tmp_path / "home"
+    Identity.generate().save(home / "identity.json")
+    (home / "config.toml").write_text(f'[chain]\nrpc_url = "{localnet.url}"\n')
+    net = home / "network.json"
+    run_json(capsys, "genesis", "--rpc", localnet.url, "--operators", "3", "--threshold", "2", "--out", str(net))
+    params = NetworkParams.load(net)
+    keys = [str(home / "operators" / f"operator-{i}.json") for i in (1, 2, 3)]
+    common = ["--home", str(home), "--distributor", params.operators[0], "--amount", "1000"]
+    # one operator (even twice) is not the quorum; a non-operator distributor is refused
+    assert main(["rewards", "approve", *common, "--operator-key", keys[0], "--operator-key", keys[0]]) == 2
+    assert "needs 2 of the 3" in capsys.readouterr().err
+    assert main(["rewards", "approve", "--home", str(home), "--distributor", str(Identity.generate().address),
+                 "--amount", "1", "--operator-key", keys[0], "--operator-key", keys[1]]) == 2
+    assert "not one of the network's operators" in capsys.readouterr().err
+
+    async def fund_ops():
+        async with ChainClient(localnet.url) as c:
+            for k in keys[:2]:
+                await c.airdrop(Identity.load(Path(k)).solana_keypair().pubkey(), 10**9)
+
+    trio.run(fund_ops)
+    out = run_json(capsys, "rewards", "approve", *common, "--operator-key", keys[1], "--operator-key", keys[2])
+    assert out["allowance"] == 1000 * IO
+
+    async def read():
+        async with AsyncClient(localnet.url) as rpc:
+            return await allowance(rpc, Pool.from_network(params), tk.pubkey(params.operators[0]))
+
+    assert trio.run(read) == 1000 * IO
