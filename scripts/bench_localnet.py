@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import signal
 import subprocess
@@ -96,6 +97,12 @@ async def measure(url: str, n: int = 2000, concurrency: int = 64, senders: int =
             "sent_per_s": round(n / sent_s), "finalized_per_s": round(n / total_s)}
 
 
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (Linux /proc), to split the time between the localnet and its clients."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def start_localnet(ledger: Path | None) -> tuple[subprocess.Popen, str]:
     cmd = [sys.executable, "-m", "p2pnode", "localnet", "--port", "0"]
     if ledger:
@@ -119,13 +126,23 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         proc, url = start_localnet(Path(tmp) / "ledger" if args.ledger else None)
         try:
+            srv0, cli0, wall0 = cpu_seconds(proc.pid), time.process_time(), time.perf_counter()
             res = trio.run(measure, url, args.n, args.concurrency)
+            srv_s, cli_s = cpu_seconds(proc.pid) - srv0, time.process_time() - cli0
+            wall_s = time.perf_counter() - wall0
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(10)
     res["ledger"] = args.ledger
     res["litesvm_direct_per_s"] = round(base)
     res["ratio_rpc_to_direct"] = round(res["finalized_per_s"] / base, 3)
+    # where the time goes (incl. funding): the server's CPU per transaction bounds what one core of localnet
+    # serves; the AsyncClient side runs in this process and competes for the same (shared) cores
+    res["localnet_cpu_ms_per_tx"] = round(1000 * srv_s / args.n, 3)
+    res["client_cpu_ms_per_tx"] = round(1000 * cli_s / args.n, 3)
+    res["localnet_cpu_bound_per_s"] = round(args.n / srv_s) if srv_s else None
+    res["cpu_busy_of_2_cores"] = round((srv_s + cli_s) / wall_s / 2, 2)
+    res["loadavg_1min"] = os.getloadavg()[0]
     print(json.dumps(res))
 
 
