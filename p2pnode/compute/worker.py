@@ -129,7 +129,26 @@ def netprobe(task: dict) -> dict:
         return {"ok": True, "connected": False, "message": str(exc)[:200]}
 
 
+def die_with_parent() -> None:
+    """A job must not outlive its node: a SIGKILLed provider would otherwise leave its busy worker computing (it
+    reads its pipe only between jobs). Linux only (prctl PR_SET_PDEATHSIG); elsewhere the pipe EOF still ends
+    an idle worker."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    parent = os.getppid()
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
+
+
 def main() -> int:
+    die_with_parent()
     if "--warm" in sys.argv:
         import torch  # noqa: F401  (the expensive part of start-up, done before a job is waiting)
 
