@@ -7,6 +7,12 @@ inside the same ``async with`` — nothing here needs to change for that.
 
     async with ProviderNode.start(cfg) as node:     # or: ProviderNode(cfg, identity=...).running()
         await trio.sleep_forever()
+
+Capacity attestation: the node answers operators' challenges on ``/iog/attest/1.0.0``
+(:class:`~p2pnode.compute.attest_service.AttestServer`, one challenge at a time per device; only the network's
+operators when a network.json is present, anyone otherwise) and, like every role, validates and stores
+``/iog/attest/1`` attestations and ``/iog/rewards/1`` manifests (:mod:`p2pnode.reward_topics`), so
+``p2pnode rewards verify`` and ``p2pnode rewards earnings`` work on the provider's own home.
 """
 
 from __future__ import annotations
@@ -33,7 +39,8 @@ class ProviderNode:
     def __init__(self, cfg: NodeConfig, *, identity: Identity | None = None, store: Store | None = None,
                  devices: Sequence[Device] | Callable[[], Sequence[Device]] | None = None,
                  jobs: bool | None = None, job_runner: Callable | None = None,
-                 job_tamper: Callable | None = None) -> None:
+                 job_tamper: Callable | None = None, attest: bool = True,
+                 attest_prover: Callable | None = None) -> None:
         self.cfg = cfg
         self.identity = identity or Identity.load(cfg.key_file)
         self._own_store = store is None
@@ -47,6 +54,10 @@ class ProviderNode:
             fixed = list(devices)
             self._devices = lambda: fixed
         self.net = NetNode(self.identity, cfg.net, PROVIDER, home=cfg.home)
+        self.params = self._network_params()
+        self.topics = None  # reward_topics.RewardTopics once running
+        # answer capacity challenges (the network's operators only, when we know the network)
+        self.attest = self._attest_server(attest_prover) if attest else None
         # the marketplace: jobs are served when the node knows its network (network.json), unless told otherwise
         self.jobs = self._job_service(jobs, job_runner, job_tamper)
         self.publisher = OfferPublisher(self.identity, self.store, cfg.offer, self._publish,
@@ -72,6 +83,21 @@ class ProviderNode:
     def addrs(self) -> list[str]:
         return self.net.addrs()
 
+    def _network_params(self):
+        """network.json when the home has one (a node without it gossips offers only, as before)."""
+        if not self.cfg.network_file.exists():
+            return None
+        from .chain.network import NetworkParams
+
+        return NetworkParams.load(self.cfg.network_file)
+
+    def _attest_server(self, prover_factory: Callable | None):
+        from .compute.attest_service import AttestServer, operator_peer_ids
+
+        operators = operator_peer_ids(self.params) if self.params is not None else None
+        return AttestServer(self.identity, self._devices, operators=operators, store=self.store,
+                            prover_factory=prover_factory)
+
     def _job_service(self, enabled: bool | None, runner: Callable | None, tamper: Callable | None):
         if enabled is False or (enabled is None and not self.cfg.network_file.exists()):
             return None
@@ -79,7 +105,7 @@ class ProviderNode:
         from .chain.rpc import ChainClient
         from .market.provider_jobs import JobService
 
-        params = NetworkParams.load(self.cfg.network_file)
+        params = self.params if self.params is not None else NetworkParams.load(self.cfg.network_file)
         self.chain = ChainClient(self.cfg.chain.rpc_url, timeout_s=self.cfg.chain.confirm_timeout_s)
         return JobService(self.identity, self.store, self.cfg, params, self.chain, list(self._devices()),
                           on_capacity=lambda: self.publisher.changed(), runner=runner, tamper=tamper)
@@ -103,7 +129,12 @@ class ProviderNode:
         try:
             async with self.net.running(), trio.open_nursery() as nursery:
                 self.nursery = nursery
-                # Serve /iog/job before the first offer announces us.
+                from .reward_topics import subscribe_reward_topics
+
+                self.topics = await subscribe_reward_topics(self.net.gossip, params=self.params, store=self.store)
+                # Serve /iog/attest and /iog/job before the first offer announces us.
+                if self.attest is not None:
+                    await nursery.start(self.attest.run, self.net.host)
                 if self.jobs is not None:
                     await nursery.start(self.jobs.run, self.net.host)
                 # First offer once a seed peer is connected (or we gave up waiting), so it is not lost.

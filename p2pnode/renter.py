@@ -21,8 +21,13 @@ from .wire import Offer
 class LightClient:
     """``async with LightClient(net_cfg).running() as client: await client.wait_settled(); client.book.query(...)``"""
 
-    def __init__(self, net: NetConfig, *, identity: Identity | None = None) -> None:
+    def __init__(self, net: NetConfig, *, identity: Identity | None = None, params=None, store=None) -> None:
+        """`params` (network.json's NetworkParams) lets it check /iog/rewards/1 manifests and attestations'
+        verifiers; `store` keeps what passed (otherwise it only validates and relays)."""
         self.identity = identity or Identity.generate()
+        self.params = params
+        self.store = store
+        self.topics = None  # reward_topics.RewardTopics once running
         if not net.bootstrap:
             from .errors import ConfigError
 
@@ -44,6 +49,9 @@ class LightClient:
         async with self.net.running(), trio.open_nursery() as nursery:
             self.nursery = nursery
             try:
+                from .reward_topics import subscribe_reward_topics
+
+                self.topics = await subscribe_reward_topics(self.net.gossip, params=self.params, store=self.store)
                 yield self
             finally:
                 self.nursery = None
