@@ -129,22 +129,21 @@ def netprobe(task: dict) -> dict:
         return {"ok": True, "connected": False, "message": str(exc)[:200]}
 
 
-def die_with_parent() -> None:
+def die_with_parent(interval_s: float = 0.5) -> None:
     """A job must not outlive its node: a SIGKILLed provider would otherwise leave its busy worker computing (it
-    reads its pipe only between jobs). Linux only (prctl PR_SET_PDEATHSIG); elsewhere the pipe EOF still ends
-    an idle worker."""
-    if not sys.platform.startswith("linux"):
-        return
-    import ctypes
-    import signal
+    reads its pipe only between jobs). PR_SET_PDEATHSIG cannot be used: trio starts processes from a cached
+    thread and that signal fires when the *thread* exits. So a daemon thread in this child (the node itself stays
+    thread-free) exits the process once it is re-parented."""
+    import threading
 
     parent = os.getppid()
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG = 1
-    except (OSError, AttributeError):
-        return
-    if os.getppid() != parent:  # the parent died before prctl took effect
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval_s)
         os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 def main() -> int:
