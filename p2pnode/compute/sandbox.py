@@ -78,6 +78,20 @@ class JobResult:
         return self.status == "ok"
 
 
+def child_device(device: str) -> tuple[str, str]:
+    """(CUDA_VISIBLE_DEVICES, torch device inside the child) for a node-side device name.
+
+    The child sees only its assigned GPU, which CUDA then renumbers as ``cuda:0``: passing ``cuda:1`` through
+    unchanged would name a device the child cannot see. ``cpu`` hides every GPU (an empty list).
+    """
+    if device == "cpu":
+        return "", "cpu"
+    kind, _, index = device.partition(":")
+    if kind != "cuda" or not (index or "0").isdigit():
+        raise ValueError(f"device {device!r} is not cpu or cuda[:N]")
+    return str(int(index or "0")), "cuda:0"
+
+
 class _pipe_adapter:
     """The read/write shape FramedStream wants, over trio's process pipes."""
 
@@ -108,7 +122,8 @@ class Worker:
         cmd = [sys.executable, "-m", "p2pnode.compute.worker"] + (["--warm"] if warm else [])
         if isolate:
             cmd = [shutil.which("unshare") or "unshare", "--net", "--map-root-user"] + cmd
-        env = {"CUDA_VISIBLE_DEVICES": device.split(":", 1)[1] if device.startswith("cuda:") else ""}
+        visible, _ = child_device(device)
+        env = {"CUDA_VISIBLE_DEVICES": visible}
         proc = await trio.lowlevel.open_process(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                                 stderr=subprocess.PIPE, env=env, cwd="/",
                                                 start_new_session=True)
@@ -196,7 +211,7 @@ async def _run_on(worker: Worker, task: dict[str, Any], inputs: list[bytes], lim
         for i, data in enumerate(inputs):
             (workdir / f"in_{i}").write_bytes(data)
             names.append(f"in_{i}")
-        task = dict(task, dir=str(workdir), inputs=names, device=worker.device,
+        task = dict(task, dir=str(workdir), inputs=names, device=child_device(worker.device)[1],
                     limits={"cpu_s": limits.cpu_s, "nofile": limits.nofile, "fsize": limits.fsize_bytes,
                             "mem": limits.mem_bytes}, threads=limits.threads)
         status, msg = await worker.execute(task, limits.wall_s, progress)
@@ -231,6 +246,10 @@ async def _run_on(worker: Worker, task: dict[str, Any], inputs: list[bytes], lim
 async def run_job(spec: JobSpec, inputs: list[bytes], device: str = "cpu", limits: Limits = Limits(),
                   progress: Callable[[float], Any] | None = None, *, isolate: bool | None = None) -> JobResult:
     """One job in a freshly started (cold) worker; the node uses :class:`WorkerPool` for warm start-up."""
+    try:
+        child_device(device)
+    except ValueError as exc:
+        return JobResult("bad_input", message=str(exc))
     async with trio.open_nursery() as nursery:
         try:
             worker = await Worker.start(nursery, device, isolate=isolate)
@@ -254,6 +273,8 @@ class WorkerPool:
 
     def __init__(self, devices: list[str] = ("cpu",), *, per_device: int = 1, isolate: bool | None = None) -> None:
         self.devices = list(devices)
+        for d in self.devices:
+            child_device(d)  # ValueError now, not a worker that can never start
         self.per_device = per_device
         self.isolate = isolation_available() if isolate is None else isolate
         self._ready: dict[str, tuple[trio.MemorySendChannel, trio.MemoryReceiveChannel]] = {}

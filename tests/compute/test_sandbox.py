@@ -58,3 +58,18 @@ async def test_no_network_when_isolated():
     await listeners[0].aclose()
     assert isolated.isolated and isolated.outputs == [b"0"]
     assert control.outputs == [b"1"]
+
+
+def test_child_sees_only_its_gpu_as_cuda0():
+    # No GPU here: this checks the mapping the worker is started with, not CUDA itself.
+    assert S.child_device("cpu") == ("", "cpu")
+    assert S.child_device("cuda:1") == ("1", "cuda:0")  # CUDA renumbers the one visible GPU as 0
+    assert S.child_device("cuda") == ("0", "cuda:0")
+    for bad in ("cuda:x", "mps", "cuda:-1"):
+        with pytest.raises(ValueError):
+            S.child_device(bad)
+
+
+async def test_unknown_device_is_a_typed_result():
+    res = await S.run_job(seeded(8), [], device="tpu:0")
+    assert res.status == "bad_input" and "tpu:0" in res.message
