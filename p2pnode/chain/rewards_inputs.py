@@ -110,16 +110,58 @@ async def stakes_for(client, params, devices: dict[str, dict[int, SeenDevice]]) 
     return out
 
 
+async def slashed_on_chain(client, params, providers: Iterable[str], clock: EpochClock, epoch: int) -> set[str]:
+    """Providers whose stake was slashed by a transaction that landed during the epoch, read from chain.
+
+    A slashing is a quorum transfer stake account -> treasury with the memo ``iog/slash/1 <provider> <evidence>``
+    (:func:`p2pnode.chain.stake.slash_message`). Only a *landed* transaction that really moves tokens out of this
+    provider's stake account to the treasury counts: anyone can attach a look-alike memo to a transaction that
+    merely mentions the account, but only the quorum can make that transfer succeed. Later epochs are governed by
+    the reduced stake (eligible again once it is back at the required level).
+    """
+    from .rewards_onchain import parse_transfers
+    from .stake import SLASH_MEMO, stake_addresses
+    from .token import pubkey
+
+    start, end = clock.bounds(epoch)
+    treasury = pubkey(params.treasury)
+    out = set()
+    for provider in sorted(set(providers)):
+        account = stake_addresses(provider).account
+        for st in await client.signatures_for_address(account, limit=1000, commitment="confirmed"):
+            if st.block_time is not None and st.block_time < start:
+                break  # newest first: everything further is older than the epoch
+            if st.err is not None or not st.memo or SLASH_MEMO not in st.memo or st.block_time is None \
+                    or st.block_time >= end:
+                continue
+            got = await client.get_transaction(st.signature)
+            if got is None or got[2]:
+                continue
+            tx = got[0]
+            memos, transfers = parse_transfers(tx.message, list(tx.message.account_keys), account)
+            if any(m.startswith(f"{SLASH_MEMO} {provider} ") for m in memos) and \
+                    any(dest == treasury and amount > 0 for dest, amount in transfers):
+                out.add(provider)
+                break
+    return out
+
+
 async def compute_allocation(store: Store, client, params, epoch: int, *, carry_in: int | None = None,
                              slashed: Collection[str] | None = None) -> Allocation:
-    """The epoch as this node sees it. `carry_in` defaults to the stored previous manifest's carry_out (0 at 0)."""
+    """The epoch as this node sees it. `carry_in` defaults to the stored previous manifest's carry_out (0 at 0).
+
+    Slashed = slashings that landed on chain during the epoch (:func:`slashed_on_chain`) plus any exclusion an
+    operator recorded (:func:`record_slash`), unless `slashed` is given.
+    """
     clock = EpochClock(genesis_time=params.genesis_time, epoch_s=params.epoch_s)
     obs, devices = observations(store, clock, epoch, params.operators)
     stakes = await stakes_for(client, params, devices)
     if carry_in is None:
         carry_in = previous_carry(store, epoch)
-    return allocate(epoch, clock=clock, observations=obs, stakes=stakes,
-                    slashed=slashed_in(store, epoch) if slashed is None else slashed, carry_in=carry_in)
+    if slashed is None:
+        slashed = slashed_in(store, epoch) | await slashed_on_chain(client, params, {o.provider for o in obs},
+                                                                    clock, epoch)
+    return allocate(epoch, clock=clock, observations=obs, stakes=stakes, slashed=slashed, carry_in=carry_in)
 
 
 def previous_carry(store: Store, epoch: int) -> int:

@@ -69,6 +69,30 @@ def parse_memo(memo: str | None) -> tuple[int, int, int, bytes] | None:
     return None
 
 
+def parse_transfers(message, keys: list[Pubkey], source: Pubkey) -> tuple[list[str], list[tuple[Pubkey, int]]]:
+    """(memo texts, [(dest, amount)] of SPL Transfer/TransferChecked out of `source`) of a message.
+
+    `keys` are the message's account keys followed by any addresses loaded from lookup tables.
+    """
+    memos: list[str] = []
+    out: list[tuple[Pubkey, int]] = []
+    for ix in message.instructions:
+        if ix.program_id_index >= len(keys):
+            continue
+        program = keys[ix.program_id_index]
+        data = bytes(ix.data)
+        accs = bytes(ix.accounts)
+        if program == TOKEN_PROGRAM_ID and data and data[0] in (_TRANSFER, _TRANSFER_CHECKED) and len(data) >= 9:
+            if len(accs) < (2 if data[0] == _TRANSFER else 3):
+                continue
+            src_i, dest_i = (accs[0], accs[1]) if data[0] == _TRANSFER else (accs[0], accs[2])
+            if max(src_i, dest_i) < len(keys) and keys[src_i] == source:
+                out.append((keys[dest_i], struct.unpack_from("<Q", data, 1)[0]))
+        elif program == MEMO_PROGRAM_ID and data:
+            memos.append(data.decode("utf-8", "replace"))
+    return memos, out
+
+
 async def _transfers_of(rpc, sig: Signature, pool: Pubkey) -> tuple[tuple[int, int, int, bytes] | None,
                                                                    list[tuple[Pubkey, int]]]:
     """(memo fields, [(dest, amount)] of transfers out of `pool`) of one landed transaction."""
@@ -90,20 +114,8 @@ async def _transfers_of(rpc, sig: Signature, pool: Pubkey) -> tuple[tuple[int, i
     if loaded is not None:
         keys += [Pubkey.from_string(str(k)) for k in loaded.writable]
         keys += [Pubkey.from_string(str(k)) for k in loaded.readonly]
-    memo = None
-    out = []
-    for ix in tx.message.instructions:
-        if ix.program_id_index >= len(keys):
-            continue
-        program = keys[ix.program_id_index]
-        data = bytes(ix.data)
-        accs = bytes(ix.accounts)
-        if program == TOKEN_PROGRAM_ID and data and data[0] in (_TRANSFER, _TRANSFER_CHECKED) and len(data) >= 9:
-            src_i, dest_i = (accs[0], accs[1]) if data[0] == _TRANSFER else (accs[0], accs[2])
-            if max(src_i, dest_i) < len(keys) and keys[src_i] == pool:
-                out.append((keys[dest_i], struct.unpack_from("<Q", data, 1)[0]))
-        elif memo is None and program == MEMO_PROGRAM_ID:
-            memo = parse_memo(data.decode("utf-8", "replace")) if data else None
+    memos, out = parse_transfers(tx.message, keys, pool)
+    memo = next((m for m in map(parse_memo, memos) if m is not None), None)
     return memo, out
 
 

@@ -329,6 +329,18 @@ class ChainClient:
                  else "confirmed" if cs == TransactionConfirmationStatus.Confirmed else "processed")
         return _ORDER[level] >= _ORDER[self.commitment]
 
+    async def signatures_for_address(self, address: Pubkey, *, limit: int = 1000, before: Signature | None = None,
+                                     commitment: str | None = None) -> list:
+        """getSignaturesForAddress: newest first (signature, slot, err, memo, block_time) entries."""
+        kw: dict[str, Any] = {"limit": limit, "before": before}
+        if commitment is not None:
+            kw["commitment"] = Commitment(commitment)
+        try:
+            resp = await self._call("getSignaturesForAddress", self._client.get_signatures_for_address, address, **kw)
+        except RPCException as exc:
+            raise self._rpc_error("getSignaturesForAddress", exc) from None
+        return list(resp.value)
+
     async def get_transaction(self, sig: Signature | str) -> tuple[Transaction, int | None, bool] | None:
         """A landed legacy transaction: (transaction, block time, failed?), or None if unknown to the node."""
         sig = Signature.from_string(sig) if isinstance(sig, str) else sig

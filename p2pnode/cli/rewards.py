@@ -41,7 +41,7 @@ async def verify_epoch(store, client, params, epoch: int) -> dict:
     """Validate the stored manifest, recompute the epoch from stored attestations + chain, compare."""
     import base58
 
-    from ..chain.rewards_inputs import compute_allocation, slashed_in, stored_manifest
+    from ..chain.rewards_inputs import compute_allocation, stored_manifest
     from ..chain.rewards_manifest import ManifestValidator
 
     signed = stored_manifest(store, epoch)
@@ -51,9 +51,9 @@ async def verify_epoch(store, client, params, epoch: int) -> dict:
     ManifestValidator(operators=[base58.b58decode(o) for o in params.operators],
                       pool=params.rewards_pool).validate(signed.raw)
     m = signed.message
-    # slashing is a quorum decision recorded with evidence; take it from the manifest plus what we know
-    slashed = {x.address for x in m.excluded if x.reason == "slashed"} | slashed_in(store, epoch)
-    mine = await compute_allocation(store, client, params, epoch, carry_in=m.carry_in, slashed=slashed)
+    # slashed = slashings that landed on chain in the epoch (+ exclusions recorded here): never taken from the
+    # manifest itself, so an operator cannot exclude a provider by claiming it was slashed
+    mine = await compute_allocation(store, client, params, epoch, carry_in=m.carry_in)
     theirs = {e.address: e for e in m.entries}
     ours = {e.address: e for e in mine.entries}
     diffs = []
