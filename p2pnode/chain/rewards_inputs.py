@@ -84,7 +84,9 @@ def observations(store: Store, clock: EpochClock, epoch: int, operators: Collect
         addr = provider_address(a.provider)
         out.append(Observation(provider=addr, device=f"{a.device_index}", passed=bool(a.passed),
                                tflops_milli=int(a.tflops * 1000), at=int(a.time), challenge=bytes(a.challenge)))
-        if a.device is not None:
+        if a.device is not None and a.passed:
+            # required stake covers the devices that earn (passed); a failed or unanswered challenge's device
+            # record (e.g. the placeholder of an unreachable provider) must not change what is required
             devices.setdefault(addr, {})[a.device_index] = SeenDevice(name=a.device.name, kind=a.device.kind)
     return out, devices
 

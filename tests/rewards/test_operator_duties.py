@@ -152,3 +152,26 @@ async def test_an_operator_closes_its_own_manifest_even_if_anothers_arrived_firs
     mine = own_manifest(store_b, 5)
     assert mine.signer == op_b.public_key and mine.message.entries == []  # computed from what b saw
     assert stored_manifest(store_b, 5).signer == op_a.public_key  # the first received one is still kept
+
+
+async def test_unanswered_record_does_not_change_the_required_stake(h, tmp_path):
+    """The unreachable placeholder (device 0, kind cpu) must not replace the GPU a provider passed with."""
+    from types import SimpleNamespace
+
+    from p2pnode.chain.rewards import EpochClock
+    from p2pnode.chain.rewards_inputs import SeenDevice, observations
+
+    op, p = h.ident(730), h.ident(40)
+    params = SimpleNamespace(genesis_time=GENESIS, epoch_s=EPOCH_S, operators=[op.address], rewards_pool="")
+    store = Store(tmp_path / "op.db")
+    t = GENESIS + 3 * EPOCH_S + 1
+    gpu = Device(kind="cuda", name="NVIDIA A100-SXM4-80GB", mem_bytes=80 * 2**30)
+    att = Attestation(provider=p.peer_id, device=gpu, device_index=0, tflops=150.0, challenge=os.urandom(32),
+                      passed=True, verifier=op.peer_id, time=t)
+    record_attestation(store, open_envelope(seal(att, op), Attestation))
+    svc = EpochService(identity=op, params=params, store=store, client=None, now=lambda: t + 1)
+    for _ in range(4):  # several, so one of them sorts after the passed attestation whatever the hashes
+        await svc.record_unanswered(p.peer_id, "unreachable: test")
+    obs, devices = observations(store, EpochClock(GENESIS, EPOCH_S), 3, [op.address])
+    assert devices == {p.address: {0: SeenDevice(name=gpu.name, kind="cuda")}}
+    assert sorted(o.passed for o in obs) == [False] * 4 + [True]
