@@ -32,6 +32,9 @@ def _open(home, config):
     from ..chain.network import NetworkParams
     from ..store import Store
 
+    from ..chain import rewards_distribute, rewards_inputs  # noqa: F401  (register their tables before opening)
+    from ..compute import attest  # noqa: F401  (the attestations table)
+
     cfg = node_config(home, config)
     params = NetworkParams.load(cfg.network_file)
     return cfg, params, Store(cfg.db_file)
@@ -172,6 +175,10 @@ def earnings_cmd(home: HomeOpt = DEFAULT_HOME_PATH, config: ConfigOpt = None, js
 
         from solana.rpc.async_api import AsyncClient
 
+        import httpx
+        from solana.exceptions import SolanaRpcException
+        from solana.rpc.core import RPCException
+
         from ..chain.rewards_onchain import OnChainError
 
         async with ChainClient(cfg.chain.rpc_url) as client:
@@ -183,9 +190,8 @@ def earnings_cmd(home: HomeOpt = DEFAULT_HOME_PATH, config: ConfigOpt = None, js
                 raise UserError(f"{cfg.chain.rpc_url}: reading the reward history timed out; try again") from None
             except OnChainError as exc:
                 raise UserError(str(exc)) from None
-            except Exception as exc:  # transport errors from the history lookups: one line, not a traceback
-                if isinstance(exc, UserError):
-                    raise
+            except (SolanaRpcException, RPCException, httpx.HTTPError, OSError) as exc:
+                # transport or RPC errors from the history lookups: one line, not a traceback
                 raise UserError(f"{cfg.chain.rpc_url}: cannot read the reward history ({type(exc).__name__}: "
                                 f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
             finally:
@@ -249,7 +255,10 @@ def approve_cmd(
     signers = signers[: params.threshold]
 
     async def body():
+        import httpx
+        from solana.exceptions import SolanaRpcException
         from solana.rpc.async_api import AsyncClient
+        from solana.rpc.core import RPCException
 
         rpc = AsyncClient(cfg.chain.rpc_url, timeout=cfg.chain.confirm_timeout_s)
         try:
@@ -261,10 +270,9 @@ def approve_cmd(
         except trio.TooSlowError:
             raise UserError(f"{cfg.chain.rpc_url}: the approval was not confirmed in time; check `p2pnode rewards "
                             "approve` again (a repeat approval is harmless: it replaces the allowance)") from None
-        except Exception as exc:
-            if isinstance(exc, UserError):
-                raise
-            raise UserError(f"{cfg.chain.rpc_url}: cannot reach the chain ({type(exc).__name__})") from None
+        except (SolanaRpcException, RPCException, httpx.HTTPError, OSError) as exc:
+            raise UserError(f"{cfg.chain.rpc_url}: cannot reach the chain ({type(exc).__name__}: "
+                            f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
         finally:
             with trio.CancelScope(shield=True):
                 await rpc.close()

@@ -120,3 +120,17 @@ def test_rewards_approve_needs_the_quorum(localnet, tmp_path, capsys):
             return await allowance(rpc, Pool.from_network(params), tk.pubkey(params.operators[0]))
 
     assert trio.run(read) == 1000 * IO
+
+
+def test_rewards_commands_on_a_fresh_node_are_one_line_errors(localnet, tmp_path, capsys):
+    """A node that has stored nothing yet (no database): typed one-line errors, never a traceback."""
+    home = tmp_path / "home"
+    Identity.generate().save(home / "identity.json")
+    (home / "config.toml").write_text(f'[chain]\nrpc_url = "{localnet.url}"\n')
+    run_json(capsys, "genesis", "--rpc", localnet.url, "--out", str(home / "network.json"))
+    assert main(["rewards", "verify", "--epoch", "3", "--home", str(home)]) == 2
+    err = capsys.readouterr().err
+    assert "no rewards manifest for epoch 3" in err and len(err.strip().splitlines()) == 1
+    rows = run_json(capsys, "rewards", "--home", str(home))  # bare `rewards`: nothing earned yet
+    assert rows == [{"token_account": rows[0]["token_account"], "balance": 0, "earned": 0, "received": 0,
+                     "paid_check": "ok"}]
