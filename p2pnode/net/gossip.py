@@ -77,6 +77,7 @@ class GossipSettings:
     invalid_msg_weight: float = 10.0  # P4: each invalid message costs this much score (positive = penalise)
     invalid_msg_decay: float = 0.99  # per heartbeat; a mistake is forgiven over minutes, a flood is not
     graylist_score: float = -100.0  # below this a peer's messages are ignored without validation
+    publish_wait_s: float = 5.0  # longest a publish waits for a mesh peer when connected (see Gossip.publish)
 
 
 @dataclass
@@ -273,11 +274,33 @@ class Gossip:
 
     # --- publish and inspect ---------------------------------------------------------------------------------
 
-    async def publish(self, topic: str, data: bytes) -> None:
-        """Publish on a topic (our own validator runs on it first, like on everyone's)."""
+    async def publish(self, topic: str, data: bytes) -> int:
+        """Publish on a topic (our own validator runs on it first, like on everyone's); returns the mesh size.
+
+        py-libp2p sends a subscriber's own message to its mesh peers only (no flood-publish), and the mesh is
+        filled at a heartbeat after the peers' subscriptions arrive. A node that publishes right after
+        connecting — a provider's first offer once it reached a seed — would send to nobody, and the message
+        would reach the network only if IHAVE gossip happened to cover it, else at the next re-publish
+        (a minute later). So while we have connections but an empty mesh, wait for a mesh peer, at most
+        ``publish_wait_s`` (a node whose peers do not join the topic still publishes, late rather than never).
+        """
         if topic not in self._validators:
             raise RuntimeError(f"publish on {topic} without a validator registered")
+        if self.host.get_connected_peers() and not self._send_peers(topic):
+            with trio.move_on_after(self.settings.publish_wait_s):
+                while not self._send_peers(topic):
+                    await trio.sleep(0.05)
+        peers = self._send_peers(topic)
+        if not peers and self.host.get_connected_peers():
+            log.info("publishing on %s with no mesh peer after %.1f s", topic, self.settings.publish_wait_s)
         await self.pubsub.publish(topic, data)
+        return peers
+
+    def _send_peers(self, topic: str) -> int:
+        """How many peers a publish on `topic` goes to now: the mesh if subscribed, else known subscribers."""
+        if topic in self.router.mesh:
+            return len(self.router.mesh[topic])
+        return len(self.pubsub.peer_topics.get(topic, ()))
 
     def peer_score(self, peer_id: str, topic: str) -> float:
         from libp2p.peer.id import ID
