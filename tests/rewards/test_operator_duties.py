@@ -175,3 +175,37 @@ async def test_unanswered_record_does_not_change_the_required_stake(h, tmp_path)
     obs, devices = observations(store, EpochClock(GENESIS, EPOCH_S), 3, [op.address])
     assert devices == {p.address: {0: SeenDevice(name=gpu.name, kind="cuda")}}
     assert sorted(o.passed for o in obs) == [False] * 4 + [True]
+
+
+async def test_the_chain_caps_a_rogue_distributor_at_the_allowance(world, h):
+    """The trust the delegate design adds is bounded by SPL itself: a distributor bypassing this library (its own
+    transfers, any destination) can move at most the approved allowance, and nothing after a revoke-by-reapproval."""
+    import pytest
+    from spl.token.constants import TOKEN_PROGRAM_ID
+    from spl.token.instructions import transfer as spl_transfer
+    from spl.token.models import TransferParams
+
+    from p2pnode.chain.rewards_distribute import DistributionError, allowance, submit
+
+    w = world
+    thief = h.ident(740).solana_keypair()
+    dest = token.ata(thief.pubkey(), w.pool.mint)
+    await submit(w.rpc, w.payer, [token.create_ata(w.payer.pubkey(), thief.pubkey(), w.pool.mint)])
+    await approve_allowance(w.rpc, w.pool, w.distributor.pubkey(), 100, w.operators[:2], w.payer)
+
+    def steal(amount):
+        return submit(w.rpc, w.distributor, [spl_transfer(TransferParams(
+            program_id=TOKEN_PROGRAM_ID, source=w.pool.pool, dest=dest, owner=w.distributor.pubkey(), amount=amount))])
+
+    with pytest.raises(DistributionError):
+        await steal(101)
+    await steal(100)
+    with pytest.raises(DistributionError):
+        await steal(1)
+    # the quorum moves the allowance elsewhere: the old distributor can move nothing
+    await approve_allowance(w.rpc, w.pool, w.payer.pubkey(), 50, w.operators[1:3], w.payer)
+    assert await allowance(w.rpc, w.pool, w.distributor.pubkey()) == 0
+    with pytest.raises(DistributionError):
+        await steal(1)
+    accs = await _accounts(w.rpc, [dest])
+    assert token.parse_token_account(bytes(accs[0].data)).amount == 100
