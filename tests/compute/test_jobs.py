@@ -104,7 +104,8 @@ class Boom:
 def malicious_archives(marker):
     base = export_mlp()
     prefix = zipfile.ZipFile(io.BytesIO(base)).namelist()[0].split("/")[0]
-    cmd = f"import os; os.system('touch {marker}')"
+    # torch parses each guards_code entry as an expression and exec()s it inside the module's forward
+    cmd = f"__import__('os').system('touch {marker}') == 0"
 
     def pickled_constant(m):
         cfg = {"config": {"c": {"path_name": "tensor_0", "is_param": False, "use_pickle": True,
@@ -152,3 +153,17 @@ def test_attest_job_roundtrip():
     fps = bytearray(outs[0])
     fps[0] ^= 1  # changes which steps are opened and breaks the chain commitment
     assert not J.verify(job, [], [bytes(fps), outs[1]]).ok
+
+
+def test_malicious_archives_are_real_exploits_for_plain_torch(tmp_path):
+    """Control for the test above: torch's own loader does run the pickled constant and the guards code, so the
+    marker file is a working detector and "refused without executing" is a claim that could fail."""
+    marker = tmp_path / "pwned"
+    archives = malicious_archives(marker)
+    with pytest.raises(Exception):  # torch fails later, but only after unpickling (and running) the payload
+        torch.export.load(io.BytesIO(archives["pickled constant"]))
+    assert marker.exists(), "the pickled constant did not execute under torch.export.load"
+    marker.unlink()
+    ep = torch.export.load(io.BytesIO(archives["guards_code"]))
+    ep.module()(torch.zeros(16, 12))  # guards are checked on call: the exec'd guard runs os.system
+    assert marker.exists(), "guards_code did not execute under torch.export.load + module()"
