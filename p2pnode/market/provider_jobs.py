@@ -217,6 +217,8 @@ class JobService:
             ch = escrow.channel(self.store, job_id)
             return ch.settle_sig
         except Exception as exc:
+            if await self._refunded_elsewhere(job_id):
+                return None
             (log.debug if quiet else log.warning)("settling job %s failed (will retry): %s", job_id.hex()[:8], exc)
             return None
         ch = escrow.channel(self.store, job_id)
@@ -228,6 +230,28 @@ class JobService:
         self.stats.settled += 1
         log.info("settled job %s: %d base units (%s)", job_id.hex()[:8], ch.cumulative, sig)
         return sig
+
+    async def _refunded_elsewhere(self, job_id: bytes) -> bool:
+        """The voucher cannot land because the escrow is gone: the renter refunded with the arbiter (paying our
+        latest voucher). Record it so the settle loop stops; any other failure (RPC down) is retried."""
+        ch = escrow.channel(self.store, job_id)
+        try:
+            if await self.client.get_account(ch.agreement.escrow) is not None:
+                return False
+        except Exception:
+            return False
+        if ch.state == escrow.SETTLING and ch.settle_sig:
+            try:
+                if await self.client.signature_succeeded(ch.settle_sig):
+                    return False  # it was our own settlement after all; the next pass marks it settled
+            except Exception:
+                return False
+        escrow.mark_refunded(self.store, job_id)
+        if self.agreements.get(job_id) is not None:
+            self.agreements.update(job_id, state="closed", detail="escrow closed by the renter's refund with the "
+                                                                  "arbiter")
+        log.info("job %s: escrow closed by the renter's refund with the arbiter", job_id.hex()[:8])
+        return True
 
     # --- request checks ------------------------------------------------------------------------------------
 

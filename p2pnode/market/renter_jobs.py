@@ -116,6 +116,7 @@ class Renter:
         self.progress = progress or (lambda phase, text: log.info("%s: %s", phase, text))
         self.client: Any = None
         self.evidence_topic: Any = None
+        self._live: set[bytes] = set()  # jobs this process is running now (everything else on disk is past)
 
     @property
     def address(self) -> str:
@@ -261,6 +262,8 @@ class Renter:
                 self._abandon(job, f"provider vanished: {type(exc).__name__}")
             raise _JobFailed("failed", f"stream failed: {type(exc).__name__}: {exc}", funded=job.funded) from None
         finally:
+            if job.agreement is not None:
+                self._live.discard(job.agreement.job_id)
             await js.close()
 
     def _choose_arbiter(self) -> str:
@@ -292,17 +295,18 @@ class Renter:
             await trio.sleep(5.0)
 
     async def refund_due(self) -> list[tuple[bytes, str]]:
-        """For every abandoned job past its deadline: done if the provider settled, else refund with the arbiter."""
+        """Close the books on past jobs: `closed` once the provider settled, else (after the agreement's deadline)
+        refund with the arbiter, paying the provider the latest voucher we sent. Returns what changed."""
         from .evidence import request_refund
 
         out = []
-        rows = self.agreements.list(role="renter", states=("abandoned", "funded", "running"))
+        rows = self.agreements.list(role="renter", states=("abandoned", "funded", "running", "done"))
         if not rows:
             return out
         now = await self.client.unix_time()
         for row in rows:
-            if row.state != "abandoned" and time.time() - row.updated_at < 60:
-                continue  # a live job of this process
+            if row.job_id in self._live:
+                continue  # running in this process right now
             quote = _quote_of(row.quote)
             a = quote.agreement
             if await self.client.get_account(a.escrow) is None:
@@ -322,6 +326,10 @@ class Renter:
             except escrow.ChannelClosed:
                 self.agreements.update(a.job_id, state="closed", detail="escrow closed by the provider's settlement")
                 out.append((a.job_id, "closed"))
+                continue
+            except Exception as exc:  # arbiter unreachable or refusing, RPC down: this row waits for the next pass
+                log.warning("refund of job %s not done yet: %s: %s", a.job_id.hex()[:8], type(exc).__name__, exc)
+                self.agreements.update(a.job_id, detail=f"refund pending: {type(exc).__name__}: {exc}"[:500])
                 continue
             fee = escrow.fee_of(paid, a.fee_bps)
             self.agreements.update(a.job_id, state="refunded", refund_sig=sig, cumulative=paid, fee=fee,
@@ -380,6 +388,7 @@ class _RenterJob:
         a = quote.agreement
         self._check_quote(req, quote)
         self.quote, self.agreement = quote, a
+        r._live.add(a.job_id)
         r.agreements.create(job_id=a.job_id, role="renter", peer=self.offer.peer_id, kind=self.spec.kind,
                             price=quote.price, deposit=a.deposit, quote=signed.raw, spec=_pack_spec(self.spec))
         await js.send(JobAccept(quote=signed.raw))

@@ -25,8 +25,8 @@ from p2pnode.identity import Identity
 from p2pnode.market.devnet import Devnet, give_io, io_balance, wait_for_line
 from p2pnode.market.renter_jobs import Renter
 
-# Short protocol timers so dead peers are noticed in seconds; vouchers every 0.5 s so a few flow in any job.
-TEST_MARKET = {"voucher_interval_s": 0.5, "request_timeout_s": 6.0, "settle_retry_s": 1.0, "fund_timeout_s": 20.0,
+# Short protocol timers so dead peers are noticed in seconds; vouchers every 0.25 s so a few flow in any job.
+TEST_MARKET = {"voucher_interval_s": 0.25, "request_timeout_s": 6.0, "settle_retry_s": 1.0, "fund_timeout_s": 20.0,
                "result_grace_s": 10.0, "quote_ttl_s": 20}
 
 
