@@ -227,12 +227,19 @@ def approve_cmd(
     amount: Annotated[str, typer.Option("--amount", help="Allowance in IO (e.g. one day of emission: 110000).")],
     operator_key: Annotated[list[Path], typer.Option(
         "--operator-key", help="An operator key file to sign with (repeat; the quorum's worth).")],
+    tx_file: Annotated[Path | None, typer.Option(
+        "--tx", help="Operators on separate machines: the approval being co-signed (durable nonce). Without the "
+                     "file: prepare it and sign first; with it: check the terms, add signatures, submit when "
+                     "complete.")] = None,
+    signer: Annotated[list[str] | None, typer.Option(
+        "--signer", help="With --tx: another operator's address that will co-sign (repeat).")] = None,
     home: HomeOpt = DEFAULT_HOME_PATH, config: ConfigOpt = None, json_out: JsonOpt = False,
 ) -> None:
     """The operators' quorum approves a capped delegate allowance on the rewards pool (replaces the previous one).
 
     The distributing operator then pays each epoch alone, up to the allowance; see rewards_distribute.py for why.
-    Needs `threshold` operator key files on this machine (a devnet, or the quorum signing together).
+    With `threshold` operator keys here it is signed and sent at once; otherwise use --tx to pass a durable-nonce
+    approval between operators, each checking the distributor and amount before signing.
     """
     from ..chain import token as tk
     from ..chain.rewards_distribute import DistributionError, Pool, approve_allowance
@@ -249,6 +256,9 @@ def approve_cmd(
     units = tk.parse_amount(amount)
     keys = [Identity.load(p).solana_keypair() for p in operator_key]
     signers = list({str(k.pubkey()): k for k in keys if str(k.pubkey()) in params.operators}.values())
+    if tx_file is not None:
+        _approve_via_file(cfg, params, dist, units, signers, tx_file, signer or [], json_out)
+        return
     if len(signers) < params.threshold:
         raise UserError(f"the approval needs {params.threshold} of the {len(params.operators)} operators' keys; "
                         f"got {len(signers)} operator key(s) ({len(keys) - len(signers)} not operators)")
@@ -284,3 +294,53 @@ def approve_cmd(
         typer.echo(json.dumps({"signature": sig, "distributor": distributor, "allowance": units}))
     else:
         typer.echo(f"{distributor} may now pay up to {format_io(units)} IO from the rewards pool ({sig})")
+
+
+def _approve_via_file(cfg, params, dist, units: int, keys: list, tx_file: Path, others: list[str],
+                      json_out: bool) -> None:
+    """The multi-machine path of `rewards approve` (see p2pnode.chain.rewards_approval)."""
+    import base64
+
+    from ..chain import token as tk
+    from ..chain.multisig import MultisigError, decode_tx, missing_signers
+    from ..chain.rewards_approval import ApprovalError, cosign_approval, prepare_approval, ready, submit_approval
+    from ..chain.rpc import ChainClient
+
+    if not keys:
+        raise UserError("--operator-key: none of the given keys is a network operator")
+    try:
+        extra = [tk.pubkey(a) for a in others]
+    except Exception:
+        raise UserError("--signer: not a base58 Solana address") from None
+
+    async def body():
+        async with ChainClient(cfg.chain.rpc_url) as client:
+            if not tx_file.exists():
+                wanted = [k.pubkey() for k in keys] + [a for a in extra if a not in {k.pubkey() for k in keys}]
+                _, raw = await prepare_approval(client, params, keys[0], dist, units, wanted)
+                for k in keys[1:]:
+                    raw = cosign_approval(params, k, dist, units, raw)
+            else:
+                try:
+                    raw = base64.b64decode(tx_file.read_text().strip(), validate=True)
+                except (OSError, ValueError) as exc:
+                    raise UserError(f"{tx_file}: not a base64 approval transaction ({exc})") from None
+                for k in keys:
+                    raw = cosign_approval(params, k, dist, units, raw)
+            tx_file.write_text(base64.b64encode(raw).decode() + "\n")
+            if ready(raw):
+                return raw, await submit_approval(client, raw)
+            return raw, None
+
+    try:
+        raw, sig = run_trio(body)
+    except (ApprovalError, MultisigError) as exc:
+        raise UserError(f"approval refused: {exc}") from None
+    missing = [str(k) for k in missing_signers(decode_tx(raw))]
+    if json_out:
+        typer.echo(json.dumps({"signature": sig, "tx_file": str(tx_file), "missing_signers": missing}))
+    elif sig:
+        typer.echo(f"approval complete and sent ({sig}): {dist} may pay up to {tk.format_io(units)} IO")
+    else:
+        typer.echo(f"signed; {tx_file} still needs: {', '.join(missing)} — each runs `p2pnode rewards approve "
+                   f"--distributor {dist} --amount {tk.format_io(units)} --tx {tx_file.name} --operator-key KEY`")

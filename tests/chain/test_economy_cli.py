@@ -134,3 +134,43 @@ def test_rewards_commands_on_a_fresh_node_are_one_line_errors(localnet, tmp_path
     rows = run_json(capsys, "rewards", "--home", str(home))  # bare `rewards`: nothing earned yet
     assert rows == [{"token_account": rows[0]["token_account"], "balance": 0, "earned": 0, "received": 0,
                      "paid_check": "ok"}]
+
+
+def test_rewards_approve_across_machines(localnet, tmp_path, capsys):
+    """Operator 1 prepares and signs a durable-nonce approval naming operator 3 as co-signer; operator 3 (another
+    machine: only the file travels) checks the terms, signs and sends it. A wrong amount is refused."""
+    from solana.rpc.async_api import AsyncClient
+
+    from p2pnode.chain import token as tk
+    from p2pnode.chain.rewards_distribute import Pool, allowance
+
+    home = tmp_path / "home"
+    Identity.generate().save(home / "identity.json")
+    (home / "config.toml").write_text(f'[chain]\nrpc_url = "{localnet.url}"\n')
+    net = home / "network.json"
+    run_json(capsys, "genesis", "--rpc", localnet.url, "--out", str(net))
+    params = NetworkParams.load(net)
+    key = {i: str(home / "operators" / f"operator-{i}.json") for i in (1, 2, 3)}
+
+    async def fund():
+        async with ChainClient(localnet.url) as c:
+            await c.airdrop(Identity.load(Path(key[1])).solana_keypair().pubkey(), 10**9)
+
+    trio.run(fund)
+    txf = tmp_path / "approval.b64"
+    dist = params.operators[1]
+    first = run_json(capsys, "rewards", "approve", "--home", str(home), "--distributor", dist, "--amount", "250",
+                     "--operator-key", key[1], "--tx", str(txf), "--signer", params.operators[2])
+    assert first["signature"] is None and first["missing_signers"] == [params.operators[2]] and txf.exists()
+    assert main(["rewards", "approve", "--home", str(home), "--distributor", dist, "--amount", "251",
+                 "--operator-key", key[3], "--tx", str(txf)]) == 2
+    assert "approval refused" in capsys.readouterr().err
+    done = run_json(capsys, "rewards", "approve", "--home", str(home), "--distributor", dist, "--amount", "250",
+                    "--operator-key", key[3], "--tx", str(txf))
+    assert done["signature"] and done["missing_signers"] == []
+
+    async def read():
+        async with AsyncClient(localnet.url) as rpc:
+            return await allowance(rpc, Pool.from_network(params), tk.pubkey(dist))
+
+    assert trio.run(read) == 250 * IO
