@@ -95,6 +95,11 @@ class NetNode:
                         yield self
                     finally:
                         nursery.cancel_scope.cancel()
+                        # Close every connection while pubsub still runs: a gossip frame arriving on a live
+                        # stream after pubsub's service stopped makes py-libp2p raise "Nursery is closed to new
+                        # arrivals" out of the swarm, failing the node's shutdown (seen under load).
+                        with trio.CancelScope(shield=True), trio.move_on_after(5):
+                            await host.close()
             finally:
                 self._remove_runtime_file()
                 self.nursery = None

@@ -1,0 +1,251 @@
+"""Adversarial renters and a cheating provider, against real provider processes and real arbiters.
+
+Malformed, oversized, out-of-order, replayed and forged negotiation frames each get a typed refusal, change no
+state (no agreement stored, no slot held, no nonce leased) and the provider keeps serving. A provider that
+returns a wrong result is caught by the renter's verifier, loses the job's payment, is reported with signed
+evidence (gossiped and sent to the arbiter) and is slashed by the operators' quorum.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import trio
+from libp2p.peer.id import ID
+
+from p2pnode.chain import escrow
+from p2pnode.chain.rpc import ChainClient
+from p2pnode.chain.stake import deposit, required_stake, stake_of
+from p2pnode.compute.blobs import BlobRef
+from p2pnode.compute.jobs import JobSpec
+from p2pnode.config import IO, load_config
+from p2pnode.identity import Identity, public_key_from_peer_id
+from p2pnode.market.devnet import give_io, matmul_job
+from p2pnode.market.evidence import EvidenceTopic
+from p2pnode.market.negotiation import (JOB_PROTOCOL, JobAccept, JobQuote, JobRequest, JobStream, Refused)
+from p2pnode.market.renter_jobs import NoProvider, _quote_of
+from p2pnode.market.reputation import Wanted
+from p2pnode.net.host import peer_info
+from p2pnode.provider import ProviderNode
+from p2pnode.renter import LightClient
+from p2pnode.wire import Device, pack, signing_payload
+
+from .conftest import new_renter, provider_jobs, provider_peer
+
+WANT = Wanted(max_s=60)
+
+
+async def open_job_stream(renter, offer) -> JobStream:
+    host = renter.light.net.host
+    addr = offer.addrs[0] if "/p2p/" in offer.addrs[0] else f"{offer.addrs[0]}/p2p/{offer.peer_id}"
+    with trio.fail_after(10):
+        await host.connect(peer_info(addr))
+        stream = await host.new_stream(ID.from_base58(offer.peer_id), [JOB_PROTOCOL])
+    return JobStream(stream, renter.identity, peer_key=public_key_from_peer_id(offer.peer_id), timeout_s=10)
+
+
+def request(renter, arbiter: str, spec: JobSpec | None = None, **kw) -> JobRequest:
+    fields = dict(req_id=os.urandom(16), spec=spec or matmul_job(64), max_price=10**12, max_s=60, arbiter=arbiter,
+                  payout=renter.address, device="")
+    fields.update(kw)
+    return JobRequest(**fields)
+
+
+def signed_raw(ident: Identity, t: str, body_obj) -> bytes:
+    body = pack(body_obj)
+    return pack({"v": 1, "t": t, "body": body, "signer": ident.public_key,
+                 "sig": ident.sign(signing_payload(t, body))})
+
+
+async def expect_refusal(js: JobStream, reason: str) -> str:
+    with pytest.raises(Refused) as info:
+        await js.recv(JobQuote)
+    assert info.value.reason == reason, info.value
+    await js.close()
+    return info.value.detail
+
+
+async def test_malformed_out_of_order_replayed_and_forged_frames(market_net):
+    net = market_net
+    renter = await new_renter(net, "renter-adv")
+    arbiter = net.params.arbiter_keys[0]
+    rows_before = len(provider_jobs(net, 1))
+    async with renter.running(background_refunds=False):
+        offers = await renter.wait_for_offers(WANT, count=2, timeout=30)
+        offer = next(o for o in offers if o.peer_id == provider_peer(net, 1))
+
+        js = await open_job_stream(renter, offer)  # random bytes instead of a request
+        await js.send_raw(os.urandom(300))
+        await expect_refusal(js, "bad_request")
+
+        js = await open_job_stream(renter, offer)  # valid msgpack, not an envelope
+        await js.send_raw(pack([1, 2, 3]))
+        await expect_refusal(js, "bad_request")
+
+        js = await open_job_stream(renter, offer)  # out of order: an accept before any request
+        await js.send(JobAccept(quote=b"\x00" * 64))
+        await expect_refusal(js, "bad_request")
+
+        js = await open_job_stream(renter, offer)  # a frame claiming 64 MiB: refused before it is read
+        await js.send_raw(b"")  # (an empty frame is fine to send; the next is the oversize header)
+        await js.stream.write(bytes([0x80, 0x80, 0x80, 0x20]))
+        await expect_refusal(js, "bad_request")
+
+        js = await open_job_stream(renter, offer)  # forged: the signature does not match the body
+        good = request(renter, arbiter)
+        raw = signed_raw(renter.identity, "job_request", good.to_wire())
+        env = __import__("msgpack").unpackb(raw)
+        env["sig"] = bytes(64)
+        await js.send_raw(pack(env))
+        await expect_refusal(js, "bad_request")
+
+        js = await open_job_stream(renter, offer)  # an unknown job kind: no code of a renter's is ever run
+        body = request(renter, arbiter).to_wire()
+        body["spec"]["kind"] = "shell"
+        await js.send_raw(signed_raw(renter.identity, "job_request", body))
+        assert "not served" in await expect_refusal(js, "kind")
+
+        js = await open_job_stream(renter, offer)  # oversized input: refused before a byte is uploaded
+        huge = JobSpec(kind="matmul", params=matmul_job(64).params,
+                       inputs=[BlobRef(sha256=hashlib.sha256(b"x").digest(), size=300 << 20)])
+        await js.send(request(renter, arbiter, spec=huge))
+        await expect_refusal(js, "too_large")
+
+        js = await open_job_stream(renter, offer)  # too cheap
+        await js.send(request(renter, arbiter, max_price=1))
+        await expect_refusal(js, "price")
+
+        js = await open_job_stream(renter, offer)  # an arbiter that is not one of the network's
+        await js.send(request(renter, renter.address))
+        await expect_refusal(js, "bad_request")
+
+        # a quote from an earlier stream replayed into a new one: the provider only accepts its own quote
+        js1 = await open_job_stream(renter, offer)
+        await js1.send(request(renter, arbiter))
+        old_quote = (await js1.recv(JobQuote)).raw
+        await js1.close()
+        js = await open_job_stream(renter, offer)
+        await js.send(request(renter, arbiter))
+        await js.recv(JobQuote)
+        await js.send(JobAccept(quote=old_quote))
+        with pytest.raises(Refused) as info:
+            await js.recv(JobQuote)
+        assert info.value.reason == "bad_request" and "quote" in info.value.detail
+        await js.close()
+
+        # an accept signed by someone else than the requester
+        js = await open_job_stream(renter, offer)
+        await js.send(request(renter, arbiter))
+        quote = (await js.recv(JobQuote)).raw
+        await js.send_raw(signed_raw(Identity.generate(), "job_accept", {"quote": quote}))
+        await expect_refusal(js, "bad_request")
+
+        # nothing of the above was stored, and the provider's one device is free again: a real job runs there
+        assert len(provider_jobs(net, 1)) == rows_before
+        out = await renter.rent(matmul_job(96), [], WANT, busy_wait_s=60)
+        assert out.verified and out.settle_sig and out.provider == provider_peer(net, 1)
+    assert len(provider_jobs(net, 1)) == rows_before + 1
+
+
+def flip_one_entry(result):
+    """The cheat: one entry of C changed (by far less than a careless provider would)."""
+    c = np.frombuffer(result.outputs[0], dtype="<f4").copy()
+    c[len(c) // 3] += 0.5 + abs(c[len(c) // 3])
+    return replace(result, outputs=[c.astype("<f4").tobytes(), *result.outputs[1:]])
+
+
+class _Running:
+    def __init__(self, node) -> None:
+        self.node, self.scope, self.done = node, trio.CancelScope(), trio.Event()
+
+    async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            with self.scope:
+                async with self.node.running():
+                    task_status.started(self)
+                    await trio.sleep_forever()
+        finally:
+            self.done.set()
+
+
+@pytest.mark.timeout(240)
+async def test_unstaked_refused_then_wrong_result_is_caught_reported_and_slashed(market_net):
+    net = market_net
+    ident = Identity.generate()
+    async with ChainClient(net.rpc_url, timeout_s=20) as client:
+        await client.airdrop(ident.solana_keypair().pubkey(), 2 * 10**9)
+        await give_io(client, net.params, [o.solana_keypair() for o in net.ops], ident.address, 500 * IO)
+    home = net._write_home("cheater", ident, price=30 * IO, bootstrap=net.seed_addr)
+    cheater = ProviderNode(load_config(home=home), identity=ident, job_tamper=flip_one_entry,
+                           devices=[Device(kind="cpu", name="cheater cpu", mem_bytes=4 << 30)])
+    renter = await new_renter(net, "renter-victim")
+    watch_home = net._write_home("watcher", Identity.generate(), bootstrap=net.seed_addr)
+    watcher = LightClient(load_config(home=watch_home).net, identity=Identity.generate())
+    seen_evidence: list = []
+    want = Wanted(gpu="cheater", max_s=60)
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(_Running(cheater).run)
+        await nursery.start(_Running(watcher).run)
+        await watcher.net.gossip.add_topic(EvidenceTopic(net.params), lambda signed, msg: seen_evidence.append(signed))
+        async with renter.running(background_refunds=False):
+            # no stake yet: a typed refusal, nothing agreed
+            with pytest.raises(NoProvider) as info:
+                await renter.rent(matmul_job(64), [], want, discover_s=30)
+            assert "stake" in str(info.value)
+            assert renter.agreements.count() == 0
+
+            async with ChainClient(net.rpc_url, timeout_s=20) as client:
+                need = required_stake(net.params, ["cpu"])
+                await deposit(client, ident.solana_keypair(), net.params, need)
+                staked = await stake_of(client, net.params, ident.address)
+            treasury_before = (await _balances_of(net, [net.params.treasury]))[0]
+
+            with pytest.raises(NoProvider) as info:
+                await renter.rent(matmul_job(256), [], want)
+            assert "bad_result" in str(info.value)
+            [row] = renter.agreements.list(role="renter", states=("abandoned",))
+            assert row.verdict.startswith("failed") and row.peer == ident.peer_id
+            a = _quote_of(row.quote).agreement
+
+            # the arbiter checked the evidence and the quorum slashed the stake (memo carries the evidence hash)
+            async with ChainClient(net.rpc_url, timeout_s=20) as client:
+                after_stake = await stake_of(client, net.params, ident.address)
+            assert after_stake == staked - staked * renter.market.slash_bps // 10_000
+            assert (await _balances_of(net, [net.params.treasury]))[0] - treasury_before == staked - after_stake
+            # ... and everyone could see the signed evidence on /iog/evidence/1
+            with trio.fail_after(15):
+                while not seen_evidence:
+                    await trio.sleep(0.1)
+            assert seen_evidence[0].signer == renter.identity.public_key
+
+            # the renter paid at most the vouchers sent while the job ran; the rest comes back via the arbiter
+            async with ChainClient(net.rpc_url, timeout_s=20) as client:
+                await client.warp_clock(a.deadline - await client.unix_time() + 5)
+            before = (await _balances_of(net, [renter.address]))[0]
+            done = await renter.refund_due()
+            assert [j for j, _ in done] == [a.job_id]
+            after = (await _balances_of(net, [renter.address]))[0]
+            paid = row.cumulative
+            assert after - before == a.deposit - paid - escrow.fee_of(paid, a.fee_bps)
+        nursery.cancel_scope.cancel()
+
+
+async def _balances_of(net, owners: list[str]) -> list[int]:
+    from p2pnode.chain import token as tk
+
+    async with ChainClient(net.rpc_url, timeout_s=20) as client:
+        out = []
+        for o in owners:
+            key = tk.pubkey(o)
+            acc = await client.get_account(key)
+            if acc is not None and acc.owner == tk.TOKEN_PROGRAM_ID:  # a token account itself (the treasury)
+                out.append(tk.parse_token_account(acc.data).amount)
+            else:
+                acc = await client.get_account(tk.ata(key, tk.pubkey(net.params.mint)))
+                out.append(0 if acc is None else tk.parse_token_account(acc.data).amount)
+        return out
