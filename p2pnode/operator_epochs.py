@@ -69,6 +69,8 @@ class EpochService:
     now: Callable[[], float] = time.time
     closed: list[int] = field(default_factory=list)
     unreachable: list[str] = field(default_factory=list)  # providers recorded as not answering (observability)
+    retry_min_s: float = 1.0  # after a failed round (RPC down, allowance too low): first retry, doubling ...
+    retry_max_s: float = 60.0  # ... up to this
 
     @classmethod
     def for_operator(cls, identity: Identity, params, store: Store, client, rpc, *, publish: Publish | None = None,
@@ -238,11 +240,18 @@ class EpochService:
             if self.challenge is not None:
                 nursery.start_soon(self._challenger)
             task_status.started(self)
+            retry_s = self.retry_min_s
             while True:
                 try:
                     await self.catch_up()
-                except Exception as exc:  # RPC down, allowance low: retry next round, nothing is lost
-                    log.warning("rewards epoch service: %s", exc)
+                except Exception as exc:  # RPC down, allowance low: retry soon, nothing is lost (all durable)
+                    log.warning("rewards epoch service: %s (retrying in %.0f s)", exc, retry_s)
+                    # a failed payout or close is retried with backoff, not an epoch later: an RPC blip must not
+                    # delay everyone's rewards by an hour
+                    await trio.sleep(retry_s)
+                    retry_s = min(2 * retry_s, self.retry_max_s)
+                    continue
+                retry_s = self.retry_min_s
                 nxt = self.next_epoch_to_close()
                 wake = self.clock.bounds(nxt)[1] + self.grace_s
                 await trio.sleep(max(0.2, min(wake - self.now(), self.params.epoch_s)))

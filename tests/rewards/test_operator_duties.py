@@ -209,3 +209,37 @@ async def test_the_chain_caps_a_rogue_distributor_at_the_allowance(world, h):
         await steal(1)
     accs = await _accounts(w.rpc, [dest])
     assert token.parse_token_account(bytes(accs[0].data)).amount == 100
+
+
+async def test_a_failed_payout_is_retried_soon_not_an_epoch_later(world, h, tmp_path):
+    """Allowance too low when the epoch closes: once the quorum approves, the running service pays within seconds
+    (hourly epochs: waiting for the next epoch would delay everyone's rewards by an hour)."""
+    w = world
+    op = h.ident(750)
+    params = NetworkParams(cluster="localnet", rpc_url=w.url, genesis_time=GENESIS, mint=str(w.pool.mint),
+                           operators=[op.address, h.ident(751).address], threshold=2, multisig=str(w.pool.multisig),
+                           treasury=str(w.pool.pool), rewards_pool=str(w.pool.pool), deployer=str(w.payer.pubkey()),
+                           stake_per_device=0, epoch_s=3600).validate()
+    store = Store(tmp_path / "op.db")
+    p = h.ident(50)
+    attest(store, op, p, at=GENESIS + 3600 + 5)
+    await w.rpc.request_airdrop(op.solana_keypair().pubkey(), 10 * 10**9)
+    # the pool's delegate, but with an allowance far below one epoch's emission
+    await approve_allowance(w.rpc, w.pool, op.solana_keypair().pubkey(), 1, w.operators[:2], w.payer)
+    async with ChainClient(w.url) as client:
+        svc = EpochService.for_operator(op, params, store, client, w.rpc, grace_s=0, first_epoch=1,
+                                        now=lambda: GENESIS + 2 * 3600 + 10, retry_min_s=0.2, retry_max_s=0.5)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(svc.run)
+            with trio.fail_after(20):
+                while svc.closed != [1]:
+                    await trio.sleep(0.1)
+            await trio.sleep(0.5)
+            assert svc.distributor.epoch_status(1) != "paid"
+            await approve_allowance(w.rpc, w.pool, op.solana_keypair().pubkey(), 10 * hour_emission(1),
+                                    w.operators[:2], w.payer)
+            with trio.fail_after(20):
+                while svc.distributor.epoch_status(1) != "paid":
+                    await trio.sleep(0.1)
+            nursery.cancel_scope.cancel()
+    assert await io_of(w, [p]) == [hour_emission(1)]
