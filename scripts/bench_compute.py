@@ -24,8 +24,12 @@ from p2pnode.compute.jobs.matmul import MatmulSpec, seeded_inputs
 
 
 def bench_attest() -> None:
-    claim = A.calibrate("cpu") / 2
-    params = A.plan_challenge(claim, target_s=3.0)
+    # Claim half the calibrated speed (the deadline then has room on a shared machine, as `attest --self` does)
+    # but size the challenge for ~3 s at the calibrated speed: the verifier's cost is fixed by n, b and the
+    # number of openings, so the ratio is quoted for a 3 s prover run.
+    speed = A.calibrate("cpu")
+    claim = speed / 2
+    params = A.plan_challenge(speed, target_s=3.0)
     out = trio.run(lambda: A.attest_self("cpu", claimed_tflops=claim, params=params))
     # time the verifier alone on the same challenge, outside the protocol
     seed = bytes(32)
@@ -41,18 +45,26 @@ def bench_attest() -> None:
     prover_s = time.perf_counter() - t0
     opened = A.choose_openings(ch.steps, ch.opened)
     openings = {t: p.opening(t) for t in opened}
-    t0 = time.perf_counter()
-    v = A.ChainVerifier(ch, fps)
-    gen_t0 = time.perf_counter()
-    for l in sorted({t % ch.mats for t in opened}):
-        v.w(l)
-    gen_s = time.perf_counter() - gen_t0
-    for t in opened:
-        assert v.check_step(t, *openings[t]).passed
-    verifier_s = time.perf_counter() - t0
+    # The verifier is timed 5 times, fresh each time (W built again), and the best run kept: on a shared 2-core
+    # machine single runs of this ~0.1 s task vary 10x with the neighbours' load; the 3 s prover varies far less.
+    runs = []
+    for _ in range(5):
+        time.sleep(0.2)  # let torch's and BLAS's worker threads go idle before timing numpy
+        t0 = time.perf_counter()
+        v = A.ChainVerifier(ch, fps)
+        gen_t0 = time.perf_counter()
+        for l in sorted({t % ch.mats for t in opened}):
+            v.w(l)
+        gen_s = time.perf_counter() - gen_t0
+        for t in opened:
+            assert v.check_step(t, *openings[t]).passed
+        runs.append((time.perf_counter() - t0, gen_s))
+    verifier_s, gen_s = min(runs)
     per_open = (verifier_s - gen_s) / len(opened)
     print(f"[attest] self-attestation: passed={out.attestation.passed} {out.attestation.tflops:.4f} TFLOPS "
-          f"(claim {claim:.4f}), n={params.n} b={params.b} steps={params.steps} opened={params.opened}")
+          f"(claim {claim:.4f}; {out.attestation.reason}), n={params.n} b={params.b} steps={params.steps} "
+          f"opened={params.opened}")
+    print(f"[attest] verifier runs (s): {', '.join(f'{r[0]:.3f}' for r in runs)} -> best {verifier_s:.3f}")
     print(f"[attest] prover {prover_s:.3f} s, verifier {verifier_s:.3f} s (W generation {gen_s:.3f} s, "
           f"{per_open * 1e3:.1f} ms per opened step) -> verifier/prover = {verifier_s / prover_s:.3f} (goal <= 0.10)")
     # cost model: V = L' * g * n^2 + s * (c * (n^2 + 10 n b)); P = steps * 2 n^2 b / F
@@ -110,7 +122,7 @@ async def bench_sandbox() -> None:
         spec = MatmulSpec(dtype="fp32", batch=batch, m=n, k=n, n=n, source="seed", seed=b"\4" * 32)
         a_raw, b_raw = seeded_inputs(spec)
         job = J.JobSpec.make("matmul", MatmulSpec(dtype="fp32", batch=batch, m=n, k=n, n=n), [a_raw, b_raw])
-        directs, nodes = [], []
+        directs, nodes, inside = [], [], []
         for _ in range(3):
             t0 = time.perf_counter()
             J.run(job, [a_raw, b_raw])  # the same runner, in this process: decode, bmm, encode
@@ -120,9 +132,11 @@ async def bench_sandbox() -> None:
             r = await pool.run_job(job, [a_raw, b_raw], limits=S.Limits(wall_s=600))
             nodes.append(time.perf_counter() - t0)
             assert r.ok, r.message
+            inside.append(r.seconds)
         d, nd = min(directs), min(nodes)
         print(f"[sandbox] {batch}x{n}^3 fp32 job: direct {d:.2f} s, inside the node {nd:.2f} s -> ratio "
-              f"{nd / d:.3f} (goal <= 1.05)")
+              f"{nd / d:.3f} (goal <= 1.05); runner time in the child {min(inside):.2f} s "
+              f"(the rest is moving {2 * batch * n * n * 4 >> 20} MiB in and {batch * n * n * 4 >> 20} MiB out)")
 
 
 if __name__ == "__main__":
