@@ -9,10 +9,11 @@ owned by the operators' m-of-n multisig. Two ways let the quorum pay hourly:
    allowance (default: one day of emission), re-approved periodically; the distributor then pays each epoch alone.
 
 We use (2). Hourly payouts of ~20 transactions would need m signers online and responsive every hour, a nonce
-account per in-flight transaction and an m-party signing round per batch; one slow operator would delay every
-provider's rewards, and a durable-nonce transaction can't use an address lookup table for its nonce account
-anyway. With a delegate the quorum signs once a day (or whenever the allowance runs low), payouts need one
-signature per transaction, and the risk is *bounded and stated*: a compromised or buggy distributor can move at
+account per in-flight transaction (each landed transaction advances its nonce) and an m-party signing round per
+batch; one slow or offline operator would delay every provider's rewards. With a delegate the quorum signs once a
+day (or whenever the allowance runs low; a durable-nonce approval each operator co-signs at its own pace after
+checking the terms, :mod:`p2pnode.chain.rewards_approval`), payouts need one signature per transaction, and the
+risk is *bounded and stated*: a compromised or buggy distributor can move at
 most the remaining allowance, and every transfer is publicly checkable against the gossiped manifest (Merkle root
 in each batch's memo) so a misbehaving distributor is caught within one epoch and the quorum revokes it (SPL
 ``Revoke``, or approve another distributor). The allowance is the only trust added beyond the multisig itself.
