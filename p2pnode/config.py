@@ -66,6 +66,9 @@ class ComputeConfig:
 
     max_memory_bytes: int = 0  # 0 = all the machine has (cpu device); caps the cpu offer otherwise
     job_timeout_s: float = 3600.0
+    # sandbox processes kept ready (torch imported) per device: one job per process, so with 1 every job after the
+    # first waits for a fresh worker's torch import (~2 s here); 2 lets back-to-back jobs start at once
+    warm_workers: int = 2
 
 
 @dataclass

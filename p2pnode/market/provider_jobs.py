@@ -148,7 +148,8 @@ class JobService:
         """The sandbox's warm workers live exactly as long as this task (a nursery must not cross tasks)."""
         from ..compute.sandbox import WorkerPool
 
-        async with WorkerPool(sorted({s.torch_device for s in self.slots})) as pool:
+        per_device = max(1, self.cfg.compute.warm_workers)
+        async with WorkerPool(sorted({s.torch_device for s in self.slots}), per_device=per_device) as pool:
             self._pool = pool
             task_status.started()
             try:

@@ -172,7 +172,8 @@ class Renter:
         if not candidates:
             raise NoProvider(f"no live offer fits (max price {want.max_price}, gpu {want.gpu or 'any'}, min TFLOPS "
                              f"{want.min_tflops}, {want.max_s} s); check `p2pnode offers`")
-        self.progress("discovery", f"{len(candidates)} fitting offer(s) in {time.perf_counter() - t0:.2f} s")
+        discovery_s = time.perf_counter() - t0
+        self.progress("discovery", f"{len(candidates)} fitting offer(s) in {discovery_s:.2f} s")
         tried: list[Attempt] = []
         given_up: set[str] = set()  # failed for real: not asked again in this call
         busy_until = trio.current_time() + busy_wait_s
@@ -198,6 +199,7 @@ class Renter:
                     continue
                 self.reputation.record(offer.peer_id, "ok")
                 outcome.attempts = tried + [Attempt(offer.peer_id, "ok")]
+                outcome.timings["discovery"] = discovery_s  # the other timings count from the dial
                 return outcome
             if not busy or trio.current_time() + backoff > busy_until:
                 break
