@@ -37,6 +37,9 @@ log = logging.getLogger(__name__)
 
 CPU = [Device(kind="cpu", name="test cpu", mem_bytes=8 << 30)]
 EPOCH_S = 10
+# in-process tests run five nodes in one interpreter (one GIL) on a shared machine: claim a very slow CPU so the
+# deadline (~10 s) tests the wiring, not the machine's load; the verdict still carries the measured speed
+LENIENT = ChallengePolicy(target_s=0.2, n=256, b=128, opened=4, floor_tflops={"cpu": 0.00002})
 
 
 # --- in-process nodes on loopback -----------------------------------------------------------------------------
@@ -100,13 +103,15 @@ async def test_provider_serves_operator_refuses_stranger_one_at_a_time_and_survi
         prov = await nursery.start(_Running(ProviderNode(_cfg(prov_home, [addr]), identity=prov_id, devices=CPU,
                                                          jobs=False)).run)
         assert prov.attest.operators == operator_peer_ids(prov.params)
+        with trio.fail_after(60):
+            await prov.attest.warmed.wait()  # torch imported: a challenge's deadline is not for imports
         op_home, _ = _home(tmp_path, "op")
         op = await nursery.start(_Running(BootstrapNode(_cfg(op_home, [addr]), identity=op_id)).run)
         st_home, _ = _home(tmp_path, "stranger")
         stranger = await nursery.start(_Running(BootstrapNode(_cfg(st_home, [addr]), identity=stranger_id)).run)
         assert await _eventually(lambda: op.book.get(prov_id.peer_id) is not None
-                                 and stranger.book.get(prov_id.peer_id) is not None)
-        policy = ChallengePolicy.for_epoch(EPOCH_S)
+                                 and stranger.book.get(prov_id.peer_id) is not None, 30)
+        policy = LENIENT
         op_store = Store(tmp_path / "op-duties.db")
         challenger = Challenger(op.net, op_id, op_store, publish=op._publish, policy=policy, busy_wait_s=20)
         assert challenger.providers() == [prov_id.peer_id]
@@ -132,7 +137,7 @@ async def test_provider_serves_operator_refuses_stranger_one_at_a_time_and_survi
                 pass
         with trio.move_on_after(1):
             await stream.close()
-        assert await _eventually(lambda: sum(prov.attest.stats.errors.values()) == 1, 5)
+        assert await _eventually(lambda: sum(prov.attest.stats.errors.values()) == 1, 5), prov.attest.stats
 
         # two challenges at the same instant: one device, one at a time — the second is told busy and retries
         async with trio.open_nursery() as n:
@@ -140,11 +145,11 @@ async def test_provider_serves_operator_refuses_stranger_one_at_a_time_and_survi
             n.start_soon(challenger.challenge, prov_id.peer_id)
         assert [o.attestation.passed for o in challenger.outcomes] == [True, True], \
             [o.attestation.reason for o in challenger.outcomes]
-        assert prov.attest.stats.refused["busy"] >= 1 and challenger.busy_retries >= 1
-        assert prov.attest.stats.passed == 2 and not prov.attest.busy
+        assert prov.attest.stats.refused["busy"] >= 1 and challenger.busy_retries >= 1, prov.attest.stats
+        assert prov.attest.stats.passed == 2 and not prov.attest.busy, prov.attest.stats
         # recorded by the operator and, through the verdict and /iog/attest/1 gossip, by the provider
         assert len(op_store.query("SELECT 1 FROM attestations WHERE passed = 1")) == 2
-        assert await _eventually(lambda: len(prov.store.query("SELECT 1 FROM attestations")) == 2, 5)
+        assert await _eventually(lambda: len(prov.store.query("SELECT 1 FROM attestations")) == 2, 10)
         assert len(seed.net.gossip.topic_peers("/iog/attest/1")) >= 2  # every role subscribed
         nursery.cancel_scope.cancel()
 
@@ -158,10 +163,11 @@ async def test_busy_refusal_is_typed_when_retries_run_out(tmp_path):
         prov = await nursery.start(_Running(ProviderNode(_cfg(prov_home, [seed.addrs()[0]]), identity=prov_id,
                                                          devices=CPU)).run)
         assert prov.attest.operators is None and prov.jobs is None
-        assert await _eventually(lambda: seed.book.get(prov_id.peer_id) is not None)
-        patient = Challenger(seed.net, seed_id, Store(tmp_path / "a.db"), policy=ChallengePolicy.for_epoch(EPOCH_S))
-        hasty = Challenger(seed.net, seed_id, Store(tmp_path / "b.db"), policy=ChallengePolicy.for_epoch(EPOCH_S),
-                           busy_wait_s=0)
+        with trio.fail_after(60):
+            await prov.attest.warm()  # a network-less node warms on demand
+        assert await _eventually(lambda: seed.book.get(prov_id.peer_id) is not None, 30)
+        patient = Challenger(seed.net, seed_id, Store(tmp_path / "a.db"), policy=LENIENT)
+        hasty = Challenger(seed.net, seed_id, Store(tmp_path / "b.db"), policy=LENIENT, busy_wait_s=0)
         results = {}
 
         async def run(name, ch):
@@ -173,7 +179,7 @@ async def test_busy_refusal_is_typed_when_retries_run_out(tmp_path):
 
         async with trio.open_nursery() as n:
             n.start_soon(run, "patient", patient)
-            await trio.sleep(0.05)
+            assert await _eventually(lambda: 0 in prov.attest.busy, 10)  # the patient one holds the device
             n.start_soon(run, "hasty", hasty)
         assert results == {"patient": "ok", "hasty": "busy"}
         nursery.cancel_scope.cancel()
