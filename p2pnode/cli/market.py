@@ -83,9 +83,8 @@ def rent(home: HomeOpt = DEFAULT_HOME_PATH, config: ConfigOpt = None, bootstrap:
     except Exception as exc:
         raise UserError(f"job too large or malformed: {exc}") from None
 
-    def say(phase: str, text: str) -> None:
-        if not json_out:
-            typer.echo(f"[{phase:<11}] {text}", err=True)
+    def say(phase: str, text: str) -> None:  # live progress on stderr; stdout carries the result (JSON or table)
+        typer.echo(f"[{phase:<11}] {text}", err=True)
 
     renter = Renter(cfg, progress=say)
     want = Wanted(max_price=max_price, gpu=gpu, min_tflops=min_tflops, max_s=max_s)

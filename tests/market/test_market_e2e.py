@@ -121,3 +121,24 @@ async def test_three_renters_two_providers_every_job_paid_once(market_net):
     for r in renters:
         outs = outcomes[r.address]
         assert before[r.address] - after[r.address] == sum(o.paid + o.fee for o in outs)
+
+
+async def test_rent_cli_live_progress_and_summary(market_net):
+    net = market_net
+    renter = await new_renter(net, "renter-cli")  # funds the key in its home; the CLI runs from that home
+    renter.store.close()
+    home = net.home("renter-cli")
+    cmd = [sys.executable, "-m", "p2pnode", "rent", "--home", str(home), "--n", "160", "--max-s", "60"]
+    res = await trio.to_thread.run_sync(lambda: subprocess.run(cmd + ["--json"], capture_output=True, text=True,
+                                                                timeout=180))
+    assert res.returncode == 0, res.stderr[-3000:]
+    s = json.loads(res.stdout)
+    assert s["verified"] and s["settle_tx"] and s["paid"] > 0 and s["deposit"] == s["paid"] + s["fee_burned"] + \
+        s["refunded"]
+    phases = {line.split("]")[0].strip("[ ") for line in res.stderr.splitlines() if line.startswith("[")}
+    assert {"discovery", "negotiation", "upload", "run", "verify", "payment"} <= phases, res.stderr
+
+    # a price nobody offers: a one-line error naming what to check, exit 2
+    res = await trio.to_thread.run_sync(lambda: subprocess.run(cmd + ["--max-price", "1"], capture_output=True,
+                                                                text=True, timeout=120))
+    assert res.returncode == 2 and res.stderr.strip().splitlines()[-1].startswith("p2pnode: error: no live offer fits")

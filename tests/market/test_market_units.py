@@ -1,0 +1,74 @@
+"""Pure parts of the market: prices in integer base units, the renter's choice policy, the torch-free renter."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from p2pnode.chain.escrow import fee_of
+from p2pnode.identity import Identity
+from p2pnode.market import pricing
+from p2pnode.market.reputation import Reputation, Wanted, rank
+from p2pnode.store import Store
+from p2pnode.wire import Device, Offer
+
+
+@given(price=st.integers(0, 10**15), max_s=st.integers(1, 7 * 24 * 3600), fee_bps=st.integers(0, 1000),
+       seconds=st.floats(0, 10**7, allow_nan=False))
+def test_deposit_always_covers_the_charge_and_its_fee(price, max_s, fee_bps, seconds):
+    dep = pricing.deposit_for(price, max_s, fee_bps)
+    for amount in (pricing.charge(price, seconds, 0, max_s), pricing.running_charge(price, seconds, max_s)):
+        assert 0 <= amount and amount + fee_of(amount, fee_bps) <= dep
+
+
+def test_charges_round_up_and_respect_the_quote_bounds():
+    hourly = 3600 * 10**6  # 1e6 base units per second
+    assert pricing.cost(hourly, 1.0) == 10**6
+    assert pricing.cost(hourly, 0.0001) == 1000  # rounded up to whole milliseconds, never free
+    assert pricing.charge(hourly, 0.2, 5, 60) == 5 * 10**6  # billed at least min_s
+    assert pricing.charge(hourly, 600.0, 5, 60) == 60 * 10**6  # never above max_s
+    assert pricing.running_charge(hourly, 0.2, 60) == 200 * 1000  # no minimum while it runs
+
+
+def offer(price: int, tflops: float = 0.0, name: str = "cpu", min_s: int = 1, max_s: int = 3600) -> Offer:
+    ident = Identity.generate()
+    return Offer(peer_id=ident.peer_id, payout=ident.address,
+                 devices=[Device(kind="cpu", name=name, mem_bytes=1 << 30, tflops=tflops)], price=price,
+                 min_s=min_s, max_s=max_s, stake="", addrs=[], seq=1, expires_at=int(time.time()) + 300)
+
+
+def test_choice_policy_price_capacity_history_and_filters(tmp_path):
+    cheap, pricey, fast = offer(100), offer(150), offer(300, tflops=4.0)
+    assert rank([pricey, cheap, fast], Wanted()) == [fast, cheap, pricey]  # price per attested TFLOP
+    assert rank([pricey, cheap, fast], Wanted(max_price=200)) == [cheap, pricey]
+    assert rank([pricey, cheap, fast], Wanted(min_tflops=1.0)) == [fast]
+    gpu = offer(100, name="NVIDIA H100 80GB")
+    assert rank([cheap, gpu], Wanted(gpu="h100")) == [gpu]
+    assert rank([offer(100, min_s=600), cheap], Wanted(max_s=60)) == [cheap]  # the job is shorter than its minimum
+
+    store = Store(tmp_path / "r.db")
+    rep = Reputation(store)
+    rep.record(cheap.peer_id, "failed")  # timed out once: asked after the others
+    assert rank([cheap, pricey], Wanted(), rep) == [pricey, cheap]
+    rep.record(pricey.peer_id, "bad_results")  # a wrong result weighs far more than a time-out
+    assert rank([cheap, pricey], Wanted(), rep) == [cheap, pricey]
+    with pytest.raises(ValueError):
+        rep.record(cheap.peer_id, "great")
+    store.close()
+
+
+def test_renter_side_never_imports_torch():
+    code = ("import sys\n"
+            "import p2pnode\n"
+            "from p2pnode import Renter, Wanted, JobSpec\n"
+            "from p2pnode.market import renter_jobs, evidence, devnet\n"
+            "from p2pnode.compute.jobs import verify\n"
+            "from p2pnode.cli import market\n"
+            "assert 'torch' not in sys.modules, 'torch imported'\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
