@@ -5,7 +5,9 @@
 * connect time (fresh host pair, dial → connection ready), p50 / max over 20;
 * 32-byte request/response round trip on one open stream, p50 / p99 over 2000;
 * one-stream bulk transfer MB/s, and the same bytes over raw trio TCP in the same run (ratio);
-* offer propagation over a seed + (nodes-1) providers: publish → in every other node's book, p50 / p99;
+* offer propagation over a seed + (nodes-1) providers: publish → in every other node's book, p50 / p99, twice:
+  all nodes in this one process (one core serialises every node's work), and one process per provider (as in a
+  real network; arrival times compared on the shared wall clock);
 * idle RSS of a provider (real device detection, so torch is loaded) and of a light client, each in its own
   process after 3 s idle.
 """
@@ -221,6 +223,98 @@ async def bench_propagation(nodes: int, publishes: int = 20) -> dict:
             "missed": sum(1 for x in latencies if x == float("inf")), "mean_peers_per_node": peers}
 
 
+# --- offer propagation with one process per node (what a real network looks like) ----------------------------
+
+async def _prop_child(seed: str, start_at: float, slot: int, nodes: int, publishes: int, gap_s: float) -> None:
+    """One provider: join, publish its offer at its wall-clock slots, log when every offer reached its book."""
+    from p2pnode.provider import ProviderNode
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-prop-"))
+    c = NodeConfig(home=tmp)
+    c.net = NetConfig(listen=[LOOP], bootstrap=[seed], heartbeat_s=1.0)
+    c.offer = OfferConfig(price=1, republish_s=3600, ttl_s=600)
+    ident = Identity.generate()
+    ident.save(c.key_file)
+    node = ProviderNode(c, identity=ident, devices=CPU)
+    arrivals: list[tuple[str, int, float]] = []
+    sent: list[tuple[int, float]] = []
+    async with node.running():
+        book_add = node.net.book.add
+
+        def add(signed):  # the moment an offer enters this node's book, wall clock (shared by all processes)
+            kept = book_add(signed)
+            if kept:
+                arrivals.append((signed.message.peer_id, signed.message.seq, time.time()))
+            return kept
+
+        node.net.book.add = add
+        for k in range(publishes):
+            when = start_at + (k * nodes + slot) * gap_s
+            await trio.sleep(max(0.0, when - time.time()))
+            t = time.time()
+            offer = await node.publisher.publish_now()
+            sent.append((offer.seq, t))
+        await trio.sleep(max(0.0, start_at + (publishes * nodes + 2) * gap_s + 5 - time.time()))
+        print(json.dumps({"peer_id": node.peer_id, "sent": sent, "arrivals": arrivals,
+                          "peers": len(node.net.connected_peers())}), flush=True)
+
+
+async def bench_propagation_processes(nodes: int, publishes: int = 3, gap_s: float = 0.4) -> dict:
+    """Seed here, nodes-1 providers each in its own process; every provider publishes `publishes` times."""
+    from p2pnode.operator import BootstrapNode
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-prop-seed-"))
+    c = NodeConfig(home=tmp)
+    c.net = NetConfig(listen=[LOOP], heartbeat_s=1.0)
+    ident = Identity.generate()
+    ident.save(c.key_file)
+    seed_arrivals: list[tuple[str, int, float]] = []
+    results: list[dict] = []
+    async with BootstrapNode.start(c, identity=ident) as boot:
+        seed = boot.addrs()[0]
+        book_add = boot.book.add
+
+        def add(signed):
+            kept = book_add(signed)
+            if kept:
+                seed_arrivals.append((signed.message.peer_id, signed.message.seq, time.time()))
+            return kept
+
+        boot.book.add = add
+        n = nodes - 1
+        start_at = time.time() + 20 + 1.5 * n  # imports, joins, DHT introductions and meshes first
+        async with trio.open_nursery() as nursery:
+            async def child(slot: int) -> None:
+                proc = await trio.run_process(
+                    [sys.executable, __file__, "--child", "prop", "--seed", seed, "--start-at", str(start_at),
+                     "--slot", str(slot), "--nodes", str(n), "--publishes", str(publishes), "--gap", str(gap_s)],
+                    capture_stdout=True, capture_stderr=True)
+                results.append(json.loads(proc.stdout.decode().strip().splitlines()[-1]))
+
+            for slot in range(n):
+                nursery.start_soon(child, slot)
+    books = {r["peer_id"]: {(p, s): t for p, s, t in r["arrivals"]} for r in results}
+    books["seed"] = {(p, s): t for p, s, t in seed_arrivals}
+    latencies, missed, per_publish_max = [], 0, []
+    for r in results:
+        for seq, t_sent in r["sent"]:
+            worst = 0.0
+            for owner, book in books.items():
+                if owner == r["peer_id"]:
+                    continue
+                t = book.get((r["peer_id"], seq))
+                if t is None:
+                    missed += 1
+                    continue
+                latencies.append((t - t_sent) * 1e3)
+                worst = max(worst, (t - t_sent) * 1e3)
+            per_publish_max.append(worst)
+    return {"proc_nodes": nodes, "proc_publishes": len(per_publish_max), "proc_deliveries": len(latencies),
+            "proc_propagation_ms_p50": statistics.median(latencies), "proc_propagation_ms_p99": pct(latencies, 0.99),
+            "proc_propagation_all_nodes_ms_p50": statistics.median(per_publish_max), "proc_missed": missed,
+            "proc_mean_peers_per_node": statistics.mean(r["peers"] for r in results)}
+
+
 # --- idle RSS, each role in its own process -------------------------------------------------------------------
 
 async def _child(role: str, seed: str, settle_s: float) -> None:
@@ -272,14 +366,20 @@ async def main(args) -> None:
     import libp2p  # noqa: F401
 
     logging.getLogger("libp2p").setLevel(logging.CRITICAL)
+    if args.child == "prop":
+        await _prop_child(args.seed, args.start_at, args.slot, args.nodes, args.publishes, args.gap)
+        return
     if args.child:
         await _child(args.child, args.seed, args.settle)
         return
     results: dict = {}
-    results.update(await bench_connect())
-    results.update(await bench_streams(args.bulk_mib))
+    if args.only != "propagation":
+        results.update(await bench_connect())
+        results.update(await bench_streams(args.bulk_mib))
     results.update(await bench_propagation(args.nodes))
-    results.update(await bench_rss())
+    results.update(await bench_propagation_processes(args.nodes))
+    if args.only != "propagation":
+        results.update(await bench_rss())
     if args.json:
         print(json.dumps(results, indent=2))
     else:
@@ -292,7 +392,12 @@ if __name__ == "__main__":
     p.add_argument("--nodes", type=int, default=10)
     p.add_argument("--bulk-mib", type=int, default=64)
     p.add_argument("--json", action="store_true")
-    p.add_argument("--child", choices=["provider", "light"])
+    p.add_argument("--child", choices=["provider", "light", "prop"])
+    p.add_argument("--only", choices=["propagation"], help="run only the two propagation figures")
+    p.add_argument("--start-at", type=float, default=0.0)
+    p.add_argument("--slot", type=int, default=0)
+    p.add_argument("--publishes", type=int, default=3)
+    p.add_argument("--gap", type=float, default=0.4)
     p.add_argument("--seed", default="")
     p.add_argument("--settle", type=float, default=3.0)
     trio.run(main, p.parse_args())
