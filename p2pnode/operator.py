@@ -91,14 +91,15 @@ class BootstrapNode:
     def _make_epochs(self):
         from solana.rpc.async_api import AsyncClient
 
-        from .compute.attest_service import ChallengePolicy, Challenger, epoch_settings
+        from .compute.attest_service import ChallengePolicy, Challenger, epoch_settings, operator_peer_ids
         from .operator_epochs import EpochService
 
         settings: dict[str, Any] = {**epoch_settings(self.params.epoch_s), **self._epoch_options}
         timeout = float(settings.get("challenge_timeout_s", 60.0))
         policy = self._challenge_policy or ChallengePolicy.for_epoch(self.params.epoch_s)
         self.challenger = Challenger(self.net, self.identity, self.store, publish=self._publish, policy=policy,
-                                     busy_wait_s=timeout / 2, open_timeout_s=min(self.cfg.net.dial_timeout_s, timeout))
+                                     busy_wait_s=timeout / 2, open_timeout_s=min(self.cfg.net.dial_timeout_s, timeout),
+                                     operators=operator_peer_ids(self.params))
         # the distributor's own HTTP client (solana-py AsyncClient: plain calls are trio-safe through anyio)
         self._rpc = AsyncClient(self.cfg.chain.rpc_url, timeout=self.cfg.chain.confirm_timeout_s)
         return EpochService.for_operator(self.identity, self.params, self.store, self._client, self._rpc,

@@ -98,10 +98,11 @@ class ChallengeRefused(AttestationError):
 
     reason = "refused"
 
-    def __init__(self, detail: str = "", *, retry_after_s: float = 0.0) -> None:
+    def __init__(self, detail: str = "", *, retry_after_s: float = 0.0, proof: bytes = b"") -> None:
         super().__init__(f"{self.reason}: {detail}" if detail else self.reason)
         self.detail = detail
         self.retry_after_s = retry_after_s
+        self.proof = proof  # busy: the operator-signed challenge the device is answering right now
 
 
 class NotAnOperator(ChallengeRefused):
@@ -111,7 +112,11 @@ class NotAnOperator(ChallengeRefused):
 
 
 class ProverBusy(ChallengeRefused):
-    """That device is answering another challenge; ask again after ``retry_after_s``."""
+    """That device is answering another challenge; ask again after ``retry_after_s``.
+
+    ``proof`` is that other challenge's signed envelope: a provider cannot claim "busy" to dodge a challenge
+    unless an operator really is challenging the same device at that moment (:meth:`Challenger.busy_proven`).
+    """
 
     reason = "busy"
 
@@ -140,19 +145,24 @@ REFUSALS: dict[str, type[ChallengeRefused]] = {c.reason: c for c in (NotAnOperat
                                                                      ChallengeTooLarge)}
 
 
-@message("attest-refused", max_size=1024)
+@message("attest-refused", max_size=8192)
 @dataclass(frozen=True)
 class AttestRefusal(Message):
-    """Prover -> verifier, instead of fingerprints: the challenge is declined, and why."""
+    """Prover -> verifier, instead of fingerprints: the challenge is declined, and why.
+
+    ``busy_with`` (reason ``busy``) is the envelope of the challenge the device is answering, as its verifier
+    signed it.
+    """
 
     reason: str = bounded(max_len=32)
     detail: str = bounded(max_len=REFUSAL_TEXT, default="")
     retry_after_s: float = bounded(min=0.0, max=3600.0, default=0.0)
+    busy_with: bytes = bounded(max_len=4096, default=b"")
 
 
 def refusal_error(refusal: AttestRefusal) -> ChallengeRefused:
     cls = REFUSALS.get(refusal.reason, ChallengeRefused)
-    return cls(refusal.detail, retry_after_s=refusal.retry_after_s)
+    return cls(refusal.detail, retry_after_s=refusal.retry_after_s, proof=refusal.busy_with)
 
 
 def operator_peer_ids(params: Any) -> set[str]:
@@ -229,6 +239,17 @@ class DeviceProver(Prover):
         for dev in sorted(set(self.devices)):
             torch.zeros(8, device=dev).sum().item()
 
+    def warm_chain(self) -> None:
+        """A tiny chain and opening once per device: first-call costs (kernels, thread pools) before any deadline."""
+        firsts = {dev: i for i, dev in reversed(list(enumerate(self.devices)))}
+        for dev, i in firsts.items():
+            ch = AttestChallenge(seed=bytes(32), n=64, b=8, steps=2, mats=1, opened=1, claimed_tflops=1.0,
+                                 device_index=i, provider="", issued_at=0, deadline_s=1.0)
+            p = DeviceProver(self.devices)
+            p.setup(ch)
+            p.run(lambda t, fp: None)
+            p.opening(1)
+
     def setup(self, ch: AttestChallenge) -> None:
         self.device = self.devices[ch.device_index]
         super().setup(ch)
@@ -277,7 +298,7 @@ class AttestServer:
         self.max_deadline_s = max_deadline_s
         self.prover_factory = prover_factory or DeviceProver
         self.on_verdict = on_verdict
-        self.busy: set[int] = set()  # device indexes answering a challenge right now
+        self.busy: dict[int, Signed[AttestChallenge]] = {}  # device index -> the challenge it is answering
         self.stats = AttestStats()
         self.verdicts: list[Signed[Attestation]] = []  # the latest few, for status and tests
         self.warmed = trio.Event()  # torch imported and every device touched (or that failed)
@@ -303,7 +324,7 @@ class AttestServer:
         """Import torch and touch every device (in a worker thread); sets :attr:`warmed`."""
         try:
             with trio.move_on_after(300):
-                await trio.to_thread.run_sync(self.prover_factory(torch_devices(self.devices())).warm)
+                await trio.to_thread.run_sync(DeviceProver(torch_devices(self.devices())).warm_chain)
         except Exception as exc:  # no torch or a broken device: challenges will fail and say so
             log.warning("attestation prover could not warm up: %s: %s", type(exc).__name__, exc)
         finally:
@@ -334,10 +355,13 @@ class AttestServer:
         need = prover_bytes(ch)
         if need > budget:
             raise ChallengeTooLarge(f"needs about {need >> 20} MiB, device allows {budget >> 20} MiB")
-        if ch.device_index in self.busy:
+        current = self.busy.get(ch.device_index)
+        if current is not None:
+            # it ends by its deadline plus the openings (a few seconds); never promise less than a moment
+            left = current.message.issued_at + current.message.deadline_s + 2.0 - time.time()
             raise ProverBusy(f"device {ch.device_index} is answering another challenge",
-                             retry_after_s=min(ch.deadline_s, 5.0))
-        self.busy.add(ch.device_index)
+                             retry_after_s=max(0.2, min(left, 30.0)), proof=current.raw)
+        self.busy[ch.device_index] = signed
         return ch.device_index
 
     async def _serve(self, stream: Any) -> None:
@@ -366,7 +390,8 @@ class AttestServer:
                 with trio.move_on_after(2):
                     try:
                         await fs.send_message(AttestRefusal(reason=exc.reason, detail=exc.detail[:REFUSAL_TEXT],
-                                                            retry_after_s=exc.retry_after_s), self.identity)
+                                                            retry_after_s=exc.retry_after_s, busy_with=exc.proof),
+                                              self.identity)
                     except Exception:
                         pass
         except ProtocolError as exc:  # malformed frames, a bad challenge, openings out of range
@@ -380,7 +405,7 @@ class AttestServer:
             log.info("attestation stream failed: %s: %s", type(exc).__name__, exc)
         finally:
             for i in taken:
-                self.busy.discard(i)
+                self.busy.pop(i, None)
             await _close(stream)
 
     def _keep(self, remote: str, verdict: Signed[Attestation]) -> None:
@@ -481,8 +506,10 @@ class Challenger:
 
     def __init__(self, net: Any, identity: Identity, store: Any, *, publish: Publish | None = None,
                  policy: ChallengePolicy | None = None, busy_wait_s: float = 30.0, open_timeout_s: float = 10.0,
+                 operators: set[str] | None = None,
                  verify: Callable[..., Awaitable[AttestOutcome]] = verify_provider) -> None:
         self.net = net
+        self.operators = operators  # PeerIDs whose challenges prove a "busy" refusal (None: any signer)
         self.identity = identity
         self.store = store
         self.publish = publish
@@ -492,6 +519,7 @@ class Challenger:
         self._verify = verify
         self.outcomes: list[AttestOutcome] = []  # the latest few, for status and tests
         self.busy_retries = 0
+        self.busy_skipped = 0  # challenges dropped because the device was proven busy with another operator
 
     def providers(self) -> list[str]:
         """Providers with a live offer listing at least one device (never ourselves)."""
@@ -533,6 +561,16 @@ class Challenger:
         for index, device in enumerate(offer.devices):
             try:
                 out = await self._challenge_device(pid, peer_id, index, device)
+            except ProverBusy as exc:
+                if not self.busy_proven(peer_id, index, exc):
+                    if index == 0:
+                        raise
+                    await self._keep(self._failed(peer_id, index, device, f"busy without proof: {exc}"))
+                    continue
+                # the device was answering another operator's challenge all along: this one is not issued
+                self.busy_skipped += 1
+                log.info("%s device %d stayed busy with a proven challenge; not counted", peer_id, index)
+                continue
             except Exception as exc:
                 if index == 0:
                     raise
@@ -541,6 +579,21 @@ class Challenger:
                 continue
             self.outcomes = [*self.outcomes[-31:], out]
             await self._keep(out.envelope)
+
+    def busy_proven(self, peer_id: str, index: int, exc: ProverBusy, now: float | None = None) -> bool:
+        """Whether a busy refusal carries a fresh challenge of the same device signed by an operator."""
+        if not exc.proof:
+            return False
+        try:
+            signed = open_envelope(exc.proof, AttestChallenge)
+        except ProtocolError:
+            return False
+        ch = signed.message
+        now = time.time() if now is None else now
+        if self.operators is not None and signed.signer_peer_id not in self.operators:
+            return False
+        return (ch.provider == peer_id and ch.device_index == index
+                and ch.issued_at - 60 <= now <= ch.issued_at + ch.deadline_s + 60)  # clock skew + openings
 
     async def _challenge_device(self, pid: Any, peer_id: str, index: int, device: Device) -> AttestOutcome:
         """One device, retrying while the provider says it is busy (within `busy_wait_s`)."""
@@ -612,7 +665,7 @@ def epoch_settings(epoch_s: float) -> dict[str, float]:
     if epoch_s >= 600:
         return {}
     return {"challenges_per_epoch": 1 if epoch_s < 60 else 2,
-            "challenge_timeout_s": max(10.0, min(60.0, float(epoch_s)))}
+            "challenge_timeout_s": max(15.0, min(60.0, float(epoch_s)))}
 
 
 __all__ = ["AttestRefusal", "AttestServer", "AttestTopic", "ChallengePolicy", "ChallengeRefused",
