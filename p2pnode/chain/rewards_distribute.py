@@ -38,7 +38,8 @@ restart a batch with a stored transaction is resolved from the chain: landed -> 
 lifetime -> the *same* bytes are re-sent (same signature, the runtime refuses duplicates); provably expired and not
 landed -> rebuilt with a fresh blockhash. So no batch can land twice, and every planned transfer lands once.
 Epochs are paid strictly in order (``pay_pending``): a missed epoch is caught up before any later one. Every batch
-carries a memo ``iog/rewards/1 <epoch> <batch>/<count> <root hex>`` so anyone can tie transfers to the manifest.
+carries a memo ``iog/rewards/1 <epoch> <batch>/<count> <root hex>`` so anyone can tie transfers to the manifest; an
+epoch with no payee gets one memo-only batch (plus a zero self-transfer of the pool, so it is in the pool's history).
 """
 
 from __future__ import annotations
@@ -414,10 +415,16 @@ class Distributor:
         ixs = [token.memo(batch_memo(epoch, batch, count, root))]
         ixs += [spl_transfer(TransferParams(program_id=TOKEN_PROGRAM_ID, source=self.pool.pool, dest=ata,
                                             owner=self.key, amount=amount)) for ata, amount in rows]
+        if not rows:
+            # an epoch nobody earned: the memo alone anchors its root. A zero self-transfer of the pool by its
+            # delegate ties the transaction to the pool's history (where everyone looks) and proves the signer is
+            # the current distributor; it moves nothing.
+            ixs.append(spl_transfer(TransferParams(program_id=TOKEN_PROGRAM_ID, source=self.pool.pool,
+                                                   dest=self.pool.pool, owner=self.key, amount=0)))
         msg = MessageV0.try_compile(self.key, ixs, tables, bh)
         return VersionedTransaction(msg, [self.keypair])
 
-    async def _assign_batches(self, epoch: int, root: bytes) -> int:
+    async def _assign_batches(self, epoch: int, root: bytes, *, memo_only: bool = False) -> int:
         """Split the epoch's transfers into transactions that fit the packet; committed before any is sent."""
         rows = self.store.db.execute(
             "SELECT t.ata, t.amount, m.alt FROM reward_transfers t LEFT JOIN reward_alt_members m ON m.ata = t.ata "
@@ -439,6 +446,8 @@ class Distributor:
                 current, names = trial, names + [ata]
         if names:
             batches.append(names)
+        if not batches and memo_only:
+            batches.append([])  # one memo-only batch: the root of an epoch with no payee is still posted
         with self.store.tx() as db:
             for i, names in enumerate(batches):
                 db.executemany("UPDATE reward_transfers SET batch = ? WHERE epoch = ? AND ata = ?",
@@ -475,7 +484,7 @@ class Distributor:
             pairs = [(Pubkey.from_string(r[0]), Pubkey.from_string(r[1])) for r in transfers]
             await self.ensure_payee_accounts(pairs)
             await self.ensure_lookup_tables([a for _, a in pairs])
-            n_batches = await self._assign_batches(epoch, alloc.root)
+            n_batches = await self._assign_batches(epoch, alloc.root, memo_only=not alloc.entries)
         unpaid = self.store.db.execute(
             "SELECT COALESCE(SUM(t.amount), 0) FROM reward_transfers t JOIN reward_batches b "
             "ON b.epoch = t.epoch AND b.batch = t.batch WHERE t.epoch = ? AND b.status != 'done'", (epoch,)).fetchone()[0]

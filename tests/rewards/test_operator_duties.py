@@ -243,3 +243,29 @@ async def test_a_failed_payout_is_retried_soon_not_an_epoch_later(world, h, tmp_
                     await trio.sleep(0.1)
             nursery.cancel_scope.cancel()
     assert await io_of(w, [p]) == [hour_emission(1)]
+
+
+async def test_an_epoch_nobody_earned_still_posts_its_root(world, h, tmp_path):
+    """No payee: one memo-only batch in the pool's history carries the (empty-tree) root; nothing moves."""
+    from p2pnode.chain.rewards import split
+    from p2pnode.chain.rewards_distribute import Distributor, allowance
+    from p2pnode.chain.rewards_onchain import parse_memo
+
+    w = world
+    await approve_allowance(w.rpc, w.pool, w.distributor.pubkey(), 1000, w.operators[:2], w.payer)
+    alloc = split(7, emission=hour_emission(7), carry_in=0, inputs=[])
+    assert alloc.entries == () and alloc.carry_out == hour_emission(7)
+    (pool_acc,) = await _accounts(w.rpc, [w.pool.pool])
+    before = token.parse_token_account(bytes(pool_acc.data)).amount
+    d = Distributor(w.rpc, Store(tmp_path / "op.db"), w.distributor, w.pool)
+    res = await d.pay(alloc)
+    assert res.transactions == 1 and res.transfers == 0 and d.epoch_status(7) == "paid"
+    assert (await d.pay(alloc)).transactions == 0  # once
+    from solana.rpc.commitment import Confirmed
+
+    sigs = (await w.rpc.get_signatures_for_address(w.pool.pool, commitment=Confirmed)).value
+    memos = [parse_memo(s.memo) for s in sigs if parse_memo(s.memo)]
+    assert memos == [(7, 0, 1, alloc.root)]
+    (pool_acc,) = await _accounts(w.rpc, [w.pool.pool])
+    assert token.parse_token_account(bytes(pool_acc.data)).amount == before
+    assert await allowance(w.rpc, w.pool, w.distributor.pubkey()) == 1000
