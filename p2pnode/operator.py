@@ -91,7 +91,12 @@ class BootstrapNode:
     def _make_epochs(self):
         from solana.rpc.async_api import AsyncClient
 
-        from .compute.attest_service import ChallengePolicy, Challenger, epoch_settings, operator_peer_ids
+        from .compute.attest_service import (
+            ChallengePolicy,
+            Challenger,
+            epoch_settings,
+            operator_peer_ids,
+        )
         from .operator_epochs import EpochService
 
         settings: dict[str, Any] = {**epoch_settings(self.params.epoch_s), **self._epoch_options}

@@ -62,10 +62,10 @@ from .attest import (
     MAX_N,
     PROTOCOL_ID,
     TOPIC,
+    Attestation,
     AttestationError,
     AttestationRejected,
     AttestChallenge,
-    Attestation,
     AttestOutcome,
     ChallengeParams,
     Prover,
@@ -242,7 +242,7 @@ class DeviceProver(Prover):
     def warm_chain(self) -> None:
         """A tiny chain and opening once per device: first-call costs (kernels, thread pools) before any deadline."""
         firsts = {dev: i for i, dev in reversed(list(enumerate(self.devices)))}
-        for dev, i in firsts.items():
+        for i in firsts.values():
             ch = AttestChallenge(seed=bytes(32), n=64, b=8, steps=2, mats=1, opened=1, claimed_tflops=1.0,
                                  device_index=i, provider="", issued_at=0, deadline_s=1.0)
             p = DeviceProver(self.devices)

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from p2pnode.compute.attest import PROTOCOL_ID, Attestation
+from p2pnode.compute.attest import PROTOCOL_ID
 from p2pnode.compute.attest_service import (
     ChallengePolicy,
     Challenger,
