@@ -57,8 +57,8 @@ def rent(home: HomeOpt = DEFAULT_HOME_PATH, config: ConfigOpt = None, bootstrap:
          n: Annotated[int, typer.Option("--n", help="Matrix size: C = A @ B with n x n matrices.")] = 1024,
          batch: Annotated[int, typer.Option("--batch", help="Batched GEMM count.")] = 1,
          dtype: Annotated[str, typer.Option("--dtype", help="fp32 | bf16 | fp16.")] = "fp32",
-         max_price: Annotated[int | None, typer.Option("--max-price", help="Most IO base units per device-hour "
-                                                       "you pay.")] = None,
+         max_price: Annotated[str | None, typer.Option("--max-price", help="Most IO you pay per device-hour "
+                                                       "(e.g. 2.5).")] = None,
          gpu: Annotated[str | None, typer.Option("--gpu", help="Device name must contain this.")] = None,
          min_tflops: Annotated[float, typer.Option("--min-tflops", help="Minimum attested TFLOPS.")] = 0.0,
          max_s: Annotated[int, typer.Option("--max-s", help="Longest the job may run (and the escrow covers).")] = 600,
@@ -86,8 +86,14 @@ def rent(home: HomeOpt = DEFAULT_HOME_PATH, config: ConfigOpt = None, bootstrap:
     def say(phase: str, text: str) -> None:  # live progress on stderr; stdout carries the result (JSON or table)
         typer.echo(f"[{phase:<11}] {text}", err=True)
 
+    from ..chain.token import AmountError, parse_amount
+
+    try:
+        price_cap = None if max_price is None else parse_amount(max_price)
+    except AmountError as exc:
+        raise UserError(f"--max-price: {exc}") from None
     renter = Renter(cfg, progress=say)
-    want = Wanted(max_price=max_price, gpu=gpu, min_tflops=min_tflops, max_s=max_s)
+    want = Wanted(max_price=price_cap, gpu=gpu, min_tflops=min_tflops, max_s=max_s)
 
     async def main():
         async with renter.running(background_refunds=False):

@@ -241,11 +241,7 @@ class JobStream:
             pass
 
     async def close(self) -> None:
-        with trio.move_on_after(2):
-            try:
-                await self.stream.close()
-            except Exception:
-                pass
+        await self.fs.close(timeout_s=2.0)
 
     async def reset(self) -> None:
         with trio.move_on_after(2):

@@ -148,7 +148,8 @@ class JobService:
         """The sandbox's warm workers live exactly as long as this task (a nursery must not cross tasks)."""
         from ..compute.sandbox import WorkerPool
 
-        per_device = max(1, self.cfg.compute.warm_workers)
+        busiest = max(sum(s.torch_device == d for s in self.slots) for d in {s.torch_device for s in self.slots})
+        per_device = max(1, self.cfg.compute.warm_workers, busiest)  # every slot of a device can start at once
         async with WorkerPool(sorted({s.torch_device for s in self.slots}), per_device=per_device) as pool:
             self._pool = pool
             task_status.started()
@@ -270,7 +271,10 @@ class JobService:
                       progress: Callable[[float], None]) -> Any:
         from ..compute.sandbox import Limits
 
-        limits = Limits(wall_s=max_s, mem_bytes=0)
+        # CPU "devices" share the machine's cores: split them so concurrent jobs do not oversubscribe
+        cpu_slots = sum(s.torch_device == "cpu" for s in self.slots)
+        threads = max(1, (os.cpu_count() or 1) // cpu_slots) if slot.torch_device == "cpu" and cpu_slots > 1 else 0
+        limits = Limits(wall_s=max_s, mem_bytes=0, threads=threads)
         if self._runner is not None:
             result = await self._runner(spec, inputs, slot.torch_device, limits, progress)
         else:

@@ -170,7 +170,10 @@ class Renter:
         candidates = await self.wait_for_offers(want, timeout=discover_s)
         candidates = [o for o in candidates if not exclude or o.peer_id not in exclude]
         if not candidates:
-            raise NoProvider(f"no live offer fits (max price {want.max_price}, gpu {want.gpu or 'any'}, min TFLOPS "
+            from ..chain.token import format_io
+
+            cap = "any" if want.max_price is None else f"{format_io(want.max_price)} IO/device-hour"
+            raise NoProvider(f"no live offer fits (max price {cap}, gpu {want.gpu or 'any'}, min TFLOPS "
                              f"{want.min_tflops}, {want.max_s} s); check `p2pnode offers`")
         discovery_s = time.perf_counter() - t0
         self.progress("discovery", f"{len(candidates)} fitting offer(s) in {discovery_s:.2f} s")

@@ -156,6 +156,10 @@ class Gossip:
         # py-libp2p starts the pubsub seqno at int(time.time()): a node restarted within the same second reuses
         # message IDs (from + seqno) that peers have seen and silently drops. Nanoseconds never repeat.
         self.pubsub.counter = time.time_ns()
+        # py-libp2p lets a malformed RPC from a peer (protobuf DecodeError, an oversize frame) escape its stream
+        # handler and the swarm, which stops the whole node: one bad peer must only lose its stream.
+        for proto in GOSSIP_PROTOCOLS:
+            host.set_stream_handler(proto, self._guarded_stream_handler)
         self.rejections = RejectionCounters()
         self._validators: dict[str, TopicValidator] = {}
         self._handlers: dict[str, list[Handler]] = defaultdict(list)
@@ -187,6 +191,23 @@ class Gossip:
                         nursery.cancel_scope.cancel()
 
         return _run()
+
+    async def _guarded_stream_handler(self, stream: Any) -> None:
+        try:
+            await self.pubsub.stream_handler(stream)
+        except Exception as exc:  # not Cancelled: shutdown still unwinds
+            peer = stream.muxed_conn.peer_id
+            self.rejections.add(peer.to_base58(), "MalformedRPC")
+            log.info("dropped a pubsub stream from %s: %s: %s", peer.to_base58(), type(exc).__name__, exc)
+            with trio.move_on_after(1):
+                try:
+                    await stream.reset()
+                except Exception:
+                    pass
+            try:
+                self.pubsub._handle_dead_peer(peer)  # what py-libp2p does for the errors it does catch
+            except Exception:
+                pass
 
     async def _maintenance(self) -> None:
         """Keep py-libp2p's equivocation map bounded (it is never trimmed otherwise)."""

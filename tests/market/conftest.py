@@ -26,7 +26,7 @@ from p2pnode.market.devnet import Devnet, give_io, io_balance, wait_for_line
 from p2pnode.market.renter_jobs import Renter
 
 # Short protocol timers so dead peers are noticed in seconds; vouchers every 0.25 s so a few flow in any job.
-TEST_MARKET = {"voucher_interval_s": 0.25, "request_timeout_s": 6.0, "settle_retry_s": 1.0, "fund_timeout_s": 20.0,
+TEST_MARKET = {"voucher_interval_s": 0.25, "request_timeout_s": 10.0, "settle_retry_s": 1.0, "fund_timeout_s": 20.0,
                "result_grace_s": 10.0, "quote_ttl_s": 20}
 
 
@@ -113,3 +113,24 @@ def provider_address(net: Devnet, i: int) -> str:
 
 def provider_peer(net: Devnet, i: int) -> str:
     return net.provider_ids[i - 1].peer_id
+
+
+def _leaves(exc: BaseException):
+    if isinstance(exc, BaseExceptionGroup):
+        for e in exc.exceptions:
+            yield from _leaves(e)
+    else:
+        yield exc
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Show the leaf exceptions of a failure: trio nests them deeper than pytest prints (max_group_depth)."""
+    import traceback
+
+    outcome = yield
+    report = outcome.get_result()
+    if call.excinfo is not None and isinstance(call.excinfo.value, BaseExceptionGroup):
+        text = "\n".join("".join(traceback.format_exception(type(e), e, e.__traceback__)[-8:])
+                         for e in _leaves(call.excinfo.value))
+        report.sections.append(("leaf exceptions", text))

@@ -144,6 +144,15 @@ async def test_malformed_out_of_order_replayed_and_forged_frames(market_net):
         await js.send_raw(signed_raw(Identity.generate(), "job_accept", {"quote": quote}))
         await expect_refusal(js, "bad_request")
 
+        # a quote reserves the provider's one device: a second request meanwhile is refused as busy
+        holder = await open_job_stream(renter, offer)
+        await holder.send(request(renter, arbiter))
+        await holder.recv(JobQuote)
+        js = await open_job_stream(renter, offer)
+        await js.send(request(renter, arbiter))
+        assert "device" in await expect_refusal(js, "busy")
+        await holder.close()  # walking away from a quote frees the device
+
         # nothing of the above was stored, and the provider's one device is free again: a real job runs there
         assert len(provider_jobs(net, 1)) == rows_before
         out = await renter.rent(matmul_job(96), [], WANT, busy_wait_s=60)
@@ -206,7 +215,7 @@ async def test_unstaked_refused_then_wrong_result_is_caught_reported_and_slashed
             treasury_before = (await _balances_of(net, [net.params.treasury]))[0]
 
             with pytest.raises(NoProvider) as info:
-                await renter.rent(matmul_job(256), [], want)
+                await renter.rent(matmul_job(96), [], want)
             assert "bad_result" in str(info.value)
             [row] = renter.agreements.list(role="renter", states=("abandoned",))
             assert row.verdict.startswith("failed") and row.peer == ident.peer_id
@@ -249,3 +258,53 @@ async def _balances_of(net, owners: list[str]) -> list[int]:
                 acc = await client.get_account(tk.ata(key, tk.pubkey(net.params.mint)))
                 out.append(0 if acc is None else tk.parse_token_account(acc.data).amount)
         return out
+
+
+@pytest.mark.timeout(240)
+async def test_a_two_device_provider_runs_two_jobs_at_once_and_republishes_capacity(market_net):
+    """One job per free device at the same time; the offer lists the free devices as slots are taken and freed."""
+    from .renter_proc import attest_job
+
+    net = market_net
+    ident = Identity.generate()
+    async with ChainClient(net.rpc_url, timeout_s=20) as client:
+        await client.airdrop(ident.solana_keypair().pubkey(), 2 * 10**9)
+        await give_io(client, net.params, [o.solana_keypair() for o in net.ops], ident.address, 500 * IO)
+        await deposit(client, ident.solana_keypair(), net.params, required_stake(net.params, ["cpu", "cpu"]))
+    home = net._write_home("twin", ident, price=20 * IO, bootstrap=net.seed_addr)
+    twin = ProviderNode(load_config(home=home), identity=ident,
+                        devices=[Device(kind="cpu", name=f"twin cpu {i}", mem_bytes=4 << 30) for i in range(2)])
+    offered: list[int] = []  # device count of every offer the node published
+    held: list[int] = []  # devices held (quoted or running) at every capacity change
+    publish = twin.publisher.publish_now
+
+    async def recording_publish():
+        offer = await publish()
+        offered.append(len(offer.devices))
+        return offer
+    twin.publisher.publish_now = recording_publish
+    on_capacity = twin.jobs.on_capacity
+
+    def recording_capacity() -> None:
+        held.append(sum(slot.holder is not None for slot in twin.jobs.slots))
+        on_capacity()
+    twin.jobs.on_capacity = recording_capacity
+    renters = [await new_renter(net, f"renter-twin{i}") for i in range(2)]
+    want = Wanted(gpu="twin", max_s=180)
+    outcomes = []
+
+    async def one(r) -> None:
+        async with r.running(background_refunds=False):
+            outcomes.append(await r.rent(attest_job(1500), [], want, busy_wait_s=0))
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(_Running(twin).run)
+        async with trio.open_nursery() as jobs:
+            for r in renters:
+                jobs.start_soon(one, r)
+        nursery.cancel_scope.cancel()
+    assert len(outcomes) == 2 and all(o.verified and o.provider == ident.peer_id for o in outcomes)
+    assert all(len(o.attempts) == 1 for o in outcomes)  # neither was told "busy": both devices were used at once
+    assert twin.jobs.stats.started == 2 and twin.jobs.stats.refused.get("busy", 0) == 0
+    assert max(held) == 2 and held[-1] == 0  # both devices taken at once, both freed at the end
+    assert 1 in offered and offered[0] == 2  # re-published with one free device while a job held the other
