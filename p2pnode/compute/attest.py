@@ -495,7 +495,11 @@ async def verify_provider(fs: FramedStream, identity: Identity, *, provider: str
     try:
         with trio.fail_after(deadline):
             while len(fps) < ch.steps:
-                got = (await fs.receive_message(AttestFingerprints)).message
+                got_signed = await fs.receive_message(AttestFingerprints)
+                if got_signed.signer_peer_id != provider:  # the fingerprints are the provider's commitment
+                    raise AttestationError(f"fingerprints signed by {got_signed.signer_peer_id[:16]}, "
+                                           f"not by the challenged provider {provider[:16]}")
+                got = got_signed.message
                 if got.challenge != chash or got.first != len(fps):
                     raise AttestationError("fingerprints out of order or for another challenge")
                 fps.extend(int.from_bytes(got.fps[i:i + 4], "big") for i in range(0, len(got.fps), 4))
@@ -524,7 +528,10 @@ async def verify_provider(fs: FramedStream, identity: Identity, *, provider: str
     try:
         with trio.fail_after(timeout):
             for t in opened:
-                hdr = (await fs.receive_message(AttestOpening)).message
+                hdr_signed = await fs.receive_message(AttestOpening)
+                if hdr_signed.signer_peer_id != provider:
+                    raise AttestationError("opening not signed by the challenged provider")
+                hdr = hdr_signed.message
                 if hdr.challenge != chash or hdr.step != t or hdr.cur is None or (t > 0) != (hdr.prev is not None):
                     raise AttestationError(f"opening header for step {hdr.step} does not match step {t}")
                 prev = await receive_blob(fs, hdr.prev, max_size=y_size) if hdr.prev is not None else None
@@ -560,12 +567,21 @@ async def serve_challenge(fs: FramedStream, identity: Identity, prover: Prover, 
     if ch.provider != identity.peer_id:
         raise AttestationError("challenge addressed to another provider")
     chash = challenge_hash(ch)
+    prover.cancelled = False  # a Prover is reusable: the previous challenge's end must not stop this one
     send, recv = trio.open_memory_channel[tuple[int, int]](math.inf)
+
+    def to_loop(fn, *args) -> None:
+        """Hand a result to the trio side; if that side is gone (verifier hung up, stream cancelled), stop the
+        chain instead of raising in the worker thread — the device is not kept busy for nobody."""
+        try:
+            trio.from_thread.run_sync(fn, *args)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, trio.RunFinishedError, trio.Cancelled):
+            prover.cancelled = True
 
     def work() -> None:
         prover.setup(ch)
-        prover.run(lambda t, fp: trio.from_thread.run_sync(send.send_nowait, (t, fp)))
-        trio.from_thread.run_sync(send.close)
+        prover.run(lambda t, fp: to_loop(send.send_nowait, (t, fp)))
+        to_loop(send.close)
 
     with trio.fail_after(timeout_s):
         async with trio.open_nursery() as nursery:

@@ -173,3 +173,37 @@ async def test_attestation_over_tcp_loopback(ids):
                                           params=SMALL, rtt_s=0.01)
     await listeners[0].aclose()
     assert out.attestation.passed and got["p"].message.passed
+
+
+async def test_frames_not_signed_by_the_challenged_provider_are_refused(ids):
+    """An impostor that answers for provider P (claims P's PeerID) but signs with its own key is refused: the
+    fingerprints are the provider's signed commitment, so another machine cannot do P's attestation for it."""
+    from p2pnode.identity import Identity
+
+    verifier_id, provider_id = ids
+    impostor = Identity.generate()
+    impostor.__dict__["peer_id"] = provider_id.peer_id  # passes the prover's own "addressed to me" check
+    vfs, pfs = framed_pair()
+    prover = A.Prover("cpu")
+    await trio.to_thread.run_sync(prover.warm)
+
+    async def prove_quietly():
+        try:
+            await A.serve_challenge(pfs, impostor, prover)
+        except Exception:
+            pass  # the verifier hangs up on it
+
+    async with trio.open_nursery() as n:
+        n.start_soon(prove_quietly)
+        with pytest.raises(A.AttestationError, match="not by the challenged provider"):
+            await A.verify_provider(vfs, verifier_id, provider=provider_id.peer_id, device=DEV,
+                                    claimed_tflops=0.05, params=SMALL)
+        n.cancel_scope.cancel()
+
+
+async def test_one_prover_answers_successive_challenges(ids):
+    """A node keeps one warm Prover per device; the end of one challenge must not cancel the next."""
+    prover = A.Prover("cpu")
+    for _ in range(2):
+        out, _ = await run_pair(prover, ids)
+        assert out.attestation.passed, out.attestation.reason
