@@ -473,6 +473,9 @@ class Device(Record):
     tflops: float = bounded(min=0.0, max=1e6, default=0.0)
     attested_at: int = bounded(min=0, max=2**40, default=0)
     attested_by: str = bounded(max_len=64, default="")  # PeerID of the verifier, "" if never attested
+    # running a job right now: still listed, so device indices stay stable (attestation challenges name devices by
+    # index), but renters skip it; the provider re-publishes when it frees up
+    busy: bool = False
 
     def check(self, where: str) -> None:
         if self.kind not in DEVICE_KINDS:

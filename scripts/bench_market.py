@@ -27,13 +27,9 @@ sys.path.insert(0, str(Path(__file__).parents[1]))
 from p2pnode.chain.rpc import ChainClient  # noqa: E402
 from p2pnode.config import IO, load_config  # noqa: E402
 from p2pnode.identity import Identity  # noqa: E402
-from p2pnode.market.devnet import Devnet, give_io, matmul_job, wait_for_line  # noqa: E402
+from p2pnode.market.devnet import Devnet, give_io, matmul_job  # noqa: E402
 from p2pnode.market.renter_jobs import Renter  # noqa: E402
 from p2pnode.market.reputation import Wanted  # noqa: E402
-
-import re  # noqa: E402
-
-_LISTENING = re.compile(r"provider (\S+) listening on")
 
 
 async def tx_count(url: str) -> int:
@@ -57,16 +53,11 @@ async def main(args) -> dict:
                  market={"voucher_interval_s": 1.0, "request_timeout_s": 30.0, "settle_retry_s": 2.0})
     out: dict = {}
     try:
-        await net.start_chain()
+        await net.start()
         async with ChainClient(net.rpc_url, timeout_s=30) as client:
-            await net.genesis(client)
-            await net.start_operators()
-            net.start_providers()
-            await net.fund_and_stake(client)
             ident = Identity.generate()
             await client.airdrop(ident.solana_keypair().pubkey(), 10 * 10**9)
             await give_io(client, net.params, [o.solana_keypair() for o in net.ops], ident.address, 100_000 * IO)
-        await wait_for_line(net.child("provider-1"), _LISTENING, 90)
         home = net._write_home("renter", ident, bootstrap=net.seed_addr)
         renter = Renter(load_config(home=home), identity=ident, params=net.params)
         want = Wanted(max_s=600)

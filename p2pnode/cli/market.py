@@ -62,6 +62,7 @@ def rent(home: HomeOpt = DEFAULT_HOME_PATH, config: ConfigOpt = None, bootstrap:
          gpu: Annotated[str | None, typer.Option("--gpu", help="Device name must contain this.")] = None,
          min_tflops: Annotated[float, typer.Option("--min-tflops", help="Minimum attested TFLOPS.")] = 0.0,
          max_s: Annotated[int, typer.Option("--max-s", help="Longest the job may run (and the escrow covers).")] = 600,
+         wait: Annotated[float, typer.Option("--wait", help="Seconds to wait for a fitting offer to show up.")] = 30.0,
          json_out: JsonOpt = False,
          verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log internals.")] = False) -> None:
     """Rent a verified job from the best fitting provider and pay for it in IO (live progress, then a summary)."""
@@ -97,7 +98,7 @@ def rent(home: HomeOpt = DEFAULT_HOME_PATH, config: ConfigOpt = None, bootstrap:
 
     async def main():
         async with renter.running(background_refunds=False):
-            out = await renter.rent(spec, [], want)
+            out = await renter.rent(spec, [], want, discover_s=wait)
             await renter.refund_due()
             return out
 

@@ -34,6 +34,7 @@ from ..identity import Identity
 
 _URL_RE = re.compile(r"(http://\S+)")
 _P2P_RE = re.compile(r"(/ip4/127\.0\.0\.1/tcp/\d+/p2p/\S+)")
+_LISTENING_RE = re.compile(r"provider (\S+) listening on")
 
 PROVIDER_PRICES = (36 * IO, 42 * IO, 48 * IO)  # IO base units per device-hour (36 IO/h = 0.01 IO/s)
 PROVIDER_IO = 500 * IO
@@ -231,6 +232,20 @@ class Devnet:
                  f"(cpu = {self.params.multiplier('cpu')}% of {tk.format_io(self.params.stake_per_device)} IO)")
         self.say(f"renter     {self.renter_id.address} funded with {tk.format_io(RENTER_IO)} IO")
 
+    async def start(self, *, wait_providers: bool = True) -> None:
+        """Chain, genesis, operators, providers, stakes and a funded renter key — everything `devnet` starts."""
+        from ..chain.rpc import ChainClient
+
+        await self.start_chain()
+        async with ChainClient(self.rpc_url, timeout_s=20) as client:
+            await self.genesis(client)
+            await self.start_operators()
+            self.start_providers()
+            await self.fund_and_stake(client)
+        if wait_providers:  # listening means /iog/job is served (the job service starts before the address prints)
+            for i in range(1, self.providers + 1):
+                await wait_for_line(self.child(f"provider-{i}"), _LISTENING_RE, 90)
+
     def renter_home(self) -> Path:
         assert self.renter_id is not None
         return self._write_home("renter", self.renter_id, bootstrap=self.seed_addr)
@@ -288,12 +303,8 @@ async def run_devnet(root: Path | None = None, *, keep: bool = False, providers:
     summary: dict[str, Any] = {"dir": str(root)}
     try:
         say(f"devnet     everything under {root}")
-        await net.start_chain()
+        await net.start(wait_providers=False)  # the renter below waits for their offers instead
         async with ChainClient(net.rpc_url, timeout_s=20) as client:
-            await net.genesis(client)
-            await net.start_operators()
-            net.start_providers()
-            await net.fund_and_stake(client)
             rhome = net.renter_home()
             cfg = load_config(home=rhome)
             mint = net.params.mint

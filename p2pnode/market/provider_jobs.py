@@ -18,7 +18,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import trio
@@ -113,8 +113,15 @@ class JobService:
         return [s.device for s in self.slots if s.holder is None]
 
     def offer_devices(self) -> list[Device]:
-        """What the offer lists: the free devices; all of them when none is free (requests are refused as busy)."""
-        return self.free_devices() or [s.device for s in self.slots]
+        """What the offer lists: every device in a stable order, marked busy while it runs a job, with its latest
+        passed attestation (speed, when, by whom) so renters can rank by attested capacity."""
+        attested = latest_attestations(self.store, self.identity.peer_id)
+        out = []
+        for i, s in enumerate(self.slots):
+            a = attested.get(i)
+            extra = {"tflops": a.tflops, "attested_at": a.time, "attested_by": a.verifier} if a is not None else {}
+            out.append(replace(s.device, busy=s.holder is not None, **extra))
+        return out
 
     def _take_slot(self, holder: bytes, want: str) -> Slot | None:
         for s in self.slots:
@@ -449,10 +456,12 @@ class _Job:
                                seconds=float(result.seconds or result.wall_s), message=result.message[:512])
             svc.agreements.update(a.job_id, state="done", seconds=time.monotonic() - started,
                                   verdict=status)
-            await js.send(msg)
-            for out in outputs:
-                async with js._send_lock:
-                    with trio.fail_after(svc.market.request_timeout_s + len(out) / (1 << 20)):
+            # the result and its blobs go out as one run of frames: a heartbeat or voucher_ack slipped in between
+            # would be read as a blob chunk by the renter
+            async with js._send_lock:
+                with trio.fail_after(svc.market.request_timeout_s + sum(map(len, outputs)) / (1 << 20)):
+                    await js.fs.send_message(msg, svc.identity)
+                    for out in outputs:
                         await send_blob(js.fs, out)
             svc.stats.completed += 1
             # the verdict, then (if ok) the final voucher
@@ -547,6 +556,26 @@ class _Job:
                     svc.agreements.update(a.job_id, state="failed", detail="not funded")
         finally:
             svc._release(self.slot)
+
+
+def latest_attestations(store: Store, peer_id: str) -> dict[int, Any]:
+    """device index -> the newest passed attestation of this provider that the node has seen (gossip or its own)."""
+    from ..compute.attest import Attestation
+    from ..wire import open_envelope
+
+    out: dict[int, Any] = {}
+    try:
+        rows = store.query("SELECT envelope FROM attestations WHERE provider = ? AND passed = 1 ORDER BY time",
+                           (peer_id,))
+    except Exception:  # no attestation table yet (a node that never validated one)
+        return out
+    for row in rows:
+        try:
+            a = open_envelope(bytes(row[0]), Attestation).message
+        except Exception:
+            continue
+        out[a.device_index] = a
+    return out
 
 
 def seal_spec(spec: JobSpec) -> bytes:

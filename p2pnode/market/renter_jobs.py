@@ -109,7 +109,8 @@ class Renter:
             params = NetworkParams.load(cfg.network_file)
         self.params = params
         self.market = cfg.market
-        self.light = LightClient(cfg.net, identity=self.identity)
+        # params + store: the light client validates and keeps /iog/attest/1 and /iog/rewards/1 too
+        self.light = LightClient(cfg.net, identity=self.identity, params=params, store=self.store)
         self.store.ensure_schemas()  # the market's and escrow's tables (registered on import)
         self.agreements = Agreements(self.store)
         self.reputation = Reputation(self.store)
@@ -149,16 +150,21 @@ class Renter:
             if self._own_store:
                 self.store.close()
 
-    async def wait_for_offers(self, want: Wanted, *, count: int = 1, timeout: float = 10.0) -> list[Offer]:
-        """Join the network and wait until `count` fitting offers are in the book (or the timeout)."""
+    async def wait_for_offers(self, want: Wanted, *, count: int = 1, timeout: float = 10.0,
+                              exclude: set[str] | None = None) -> list[Offer]:
+        """Join the network and wait until `count` fitting offers (not from `exclude`) are in the book, or the
+        timeout; returns them best first. A provider whose devices are all busy fits again once it re-publishes."""
+        def fitting(offers: list[Offer], reputation: Reputation | None = None) -> list[Offer]:
+            return [o for o in rank(offers, want, reputation) if not exclude or o.peer_id not in exclude]
+
         await self.light.wait_joined(timeout)
-        await self.book.wait_for(lambda b: len(rank(b.offers(), want)) >= count, timeout)
-        return rank(self.book.offers(), want, self.reputation)
+        await self.book.wait_for(lambda b: len(fitting(b.offers())) >= count, timeout)
+        return fitting(self.book.offers(), self.reputation)
 
     # --- renting -------------------------------------------------------------------------------------------
 
     async def rent(self, spec: JobSpec, inputs: list[bytes], want: Wanted, *, attempts: int = 3,
-                   discover_s: float = 10.0, busy_wait_s: float = 60.0, exclude: set[str] | None = None
+                   discover_s: float = 30.0, busy_wait_s: float = 60.0, exclude: set[str] | None = None
                    ) -> RentOutcome:
         """Run `spec` on the best fitting provider, moving on after a refusal, time-out or wrong result.
 
@@ -167,8 +173,7 @@ class Renter:
         """
         self.progress("discovery", "looking for offers")
         t0 = time.perf_counter()
-        candidates = await self.wait_for_offers(want, timeout=discover_s)
-        candidates = [o for o in candidates if not exclude or o.peer_id not in exclude]
+        candidates = await self.wait_for_offers(want, timeout=discover_s, exclude=exclude)
         if not candidates:
             from ..chain.token import format_io
 

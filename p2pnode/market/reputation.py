@@ -77,6 +77,8 @@ class Wanted:
 def matching_devices(offer: Offer, want: Wanted):
     out = []
     for d in offer.devices:
+        if d.busy:
+            continue
         if want.kind and d.kind != want.kind:
             continue
         if want.gpu and want.gpu.lower() not in d.name.lower():

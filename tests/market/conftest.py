@@ -22,7 +22,8 @@ from p2pnode.chain import token as tk
 from p2pnode.chain.rpc import ChainClient
 from p2pnode.config import IO, load_config
 from p2pnode.identity import Identity
-from p2pnode.market.devnet import Devnet, give_io, io_balance, wait_for_line
+from p2pnode.market.devnet import _LISTENING_RE as _LISTENING  # noqa: F401  (tests wait for restarts with it)
+from p2pnode.market.devnet import Devnet, give_io, io_balance
 from p2pnode.market.renter_jobs import Renter
 
 # Short protocol timers so dead peers are noticed in seconds; vouchers every 0.25 s so a few flow in any job.
@@ -30,26 +31,10 @@ TEST_MARKET = {"voucher_interval_s": 0.25, "request_timeout_s": 10.0, "settle_re
                "result_grace_s": 10.0, "quote_ttl_s": 20}
 
 
-async def _start(net: Devnet) -> None:
-    await net.start_chain()
-    async with ChainClient(net.rpc_url, timeout_s=20) as client:
-        await net.genesis(client)
-        await net.start_operators()
-        net.start_providers()
-        await net.fund_and_stake(client)
-    for i in range(1, net.providers + 1):  # ready: listening (the job service starts before the address prints)
-        await wait_for_line(net.child(f"provider-{i}"), _LISTENING, 90)
-
-
-import re  # noqa: E402
-
-_LISTENING = re.compile(r"provider (\S+) listening on")
-
-
 def make_net(root: Path, providers: int = 2) -> Devnet:
     net = Devnet(root, providers=providers, say=lambda text: None, market=dict(TEST_MARKET))
     try:
-        trio.run(_start, net)
+        trio.run(net.start)
     except BaseException:
         net.stop()
         raise

@@ -151,11 +151,12 @@ async def test_malformed_out_of_order_replayed_and_forged_frames(market_net):
         js = await open_job_stream(renter, offer)
         await js.send(request(renter, arbiter))
         assert "device" in await expect_refusal(js, "busy")
-        await holder.close()  # walking away from a quote frees the device
+        await holder.close()  # walking away from a quote frees the device, and the offer says so again
+        assert await renter.book.wait_for(lambda b: not b.get(offer.peer_id).devices[0].busy, 20)
 
         # nothing of the above was stored, and the provider's one device is free again: a real job runs there
         assert len(provider_jobs(net, 1)) == rows_before
-        out = await renter.rent(matmul_job(96), [], WANT, busy_wait_s=60)
+        out = await renter.rent(matmul_job(96), [], WANT, busy_wait_s=60, exclude={provider_peer(net, 2)})
         assert out.verified and out.settle_sig and out.provider == provider_peer(net, 1)
     assert len(provider_jobs(net, 1)) == rows_before + 1
 
@@ -274,13 +275,14 @@ async def test_a_two_device_provider_runs_two_jobs_at_once_and_republishes_capac
     home = net._write_home("twin", ident, price=20 * IO, bootstrap=net.seed_addr)
     twin = ProviderNode(load_config(home=home), identity=ident,
                         devices=[Device(kind="cpu", name=f"twin cpu {i}", mem_bytes=4 << 30) for i in range(2)])
-    offered: list[int] = []  # device count of every offer the node published
+    offered: list[int] = []  # free devices in every offer the node published
     held: list[int] = []  # devices held (quoted or running) at every capacity change
     publish = twin.publisher.publish_now
 
     async def recording_publish():
         offer = await publish()
-        offered.append(len(offer.devices))
+        assert len(offer.devices) == 2  # always listed in the same order: challenges name devices by index
+        offered.append(sum(not d.busy for d in offer.devices))
         return offer
     twin.publisher.publish_now = recording_publish
     on_capacity = twin.jobs.on_capacity

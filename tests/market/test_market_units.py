@@ -47,6 +47,9 @@ def test_choice_policy_price_capacity_history_and_filters(tmp_path):
     assert rank([pricey, cheap, fast], Wanted()) == [fast, cheap, pricey]  # price per attested TFLOP
     assert rank([pricey, cheap, fast], Wanted(max_price=200)) == [cheap, pricey]
     assert rank([pricey, cheap, fast], Wanted(min_tflops=1.0)) == [fast]
+    busy = offer(10)
+    busy = Offer(**{**busy.__dict__, "devices": [Device(**{**busy.devices[0].__dict__, "busy": True})]})
+    assert rank([busy, cheap], Wanted()) == [cheap]  # its only device is running a job
     gpu = offer(100, name="NVIDIA H100 80GB")
     assert rank([cheap, gpu], Wanted(gpu="h100")) == [gpu]
     assert rank([offer(100, min_s=600), cheap], Wanted(max_s=60)) == [cheap]  # the job is shorter than its minimum
@@ -72,3 +75,32 @@ def test_renter_side_never_imports_torch():
             "assert 'torch' not in sys.modules, 'torch imported'\n")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
+
+
+def test_offer_lists_every_device_in_order_busy_marked_with_its_latest_passed_attestation(tmp_path):
+    from p2pnode.compute.attest import Attestation, record_attestation
+    from p2pnode.config import NodeConfig
+    from p2pnode.market.provider_jobs import JobService
+    from p2pnode.wire import open_envelope, seal
+
+    provider, operator = Identity.generate(), Identity.generate()
+    devices = [Device(kind="cpu", name=f"cpu {i}", mem_bytes=1 << 30) for i in range(2)]
+    store = Store(tmp_path / "p.db")
+    svc = JobService(provider, store, NodeConfig(home=tmp_path), params=None, client=None, devices=devices)
+
+    def attest(index: int, tflops: float, when: int, passed: bool = True) -> None:
+        a = Attestation(provider=provider.peer_id, device=devices[index], device_index=index, tflops=tflops,
+                        challenge=bytes([index, int(when) % 256]) * 16, passed=passed, verifier=operator.peer_id,
+                        time=when)
+        record_attestation(store, open_envelope(seal(a, operator), Attestation))
+
+    attest(1, 0.5, 1000)
+    attest(1, 0.7, 2000)
+    attest(1, 9.9, 3000, passed=False)  # a failed run does not count
+    svc.slots[0].holder = b"job"
+    got = svc.offer_devices()
+    assert [d.name for d in got] == ["cpu 0", "cpu 1"]
+    assert got[0].busy and not got[1].busy
+    assert got[0].tflops == 0.0 and got[0].attested_by == ""
+    assert (got[1].tflops, got[1].attested_at, got[1].attested_by) == (0.7, 2000, operator.peer_id)
+    store.close()
