@@ -87,6 +87,21 @@ class MarketConfig:
 
 
 @dataclass
+class ClientConfig:
+    """Defaults of the light-client commands (`offers`, `rent`, `status`) and of logging; a flag given on the
+    command line wins."""
+
+    verbose: bool = False  # every command: also log libp2p internals and our own debug events
+    wait_s: float = 5.0  # offers: how long to let the offer book settle
+    rent_wait_s: float = 30.0  # rent: how long to wait for a fitting offer
+    device_kind: str = ""  # offers: only devices of this kind (cuda|cpu); "" = any
+    max_price: str = ""  # offers/rent: most IO per device-hour, e.g. "2.5"; "" = any
+    gpu: str = ""  # rent: the device name must contain this
+    min_tflops: float = 0.0  # rent: minimum attested TFLOPS
+    status_timeout_s: float = 10.0  # status: how long to wait for the node's answer
+
+
+@dataclass
 class NodeConfig:
     """Everything a node reads at start; sections map one-to-one to TOML tables."""
 
@@ -96,6 +111,7 @@ class NodeConfig:
     chain: ChainConfig = field(default_factory=ChainConfig)
     compute: ComputeConfig = field(default_factory=ComputeConfig)
     market: MarketConfig = field(default_factory=MarketConfig)
+    client: ClientConfig = field(default_factory=ClientConfig)
 
     @property
     def key_file(self) -> Path:

@@ -58,11 +58,13 @@ def rent(home: HomeOpt = DEFAULT_HOME_PATH, config: ConfigOpt = None, bootstrap:
          batch: Annotated[int, typer.Option("--batch", help="Batched GEMM count.")] = 1,
          dtype: Annotated[str, typer.Option("--dtype", help="fp32 | bf16 | fp16.")] = "fp32",
          max_price: Annotated[str | None, typer.Option("--max-price", help="Most IO you pay per device-hour "
-                                                       "(e.g. 2.5).")] = None,
-         gpu: Annotated[str | None, typer.Option("--gpu", help="Device name must contain this.")] = None,
-         min_tflops: Annotated[float, typer.Option("--min-tflops", help="Minimum attested TFLOPS.")] = 0.0,
+                                                       "(e.g. 2.5); [client] max_price.")] = None,
+         gpu: Annotated[str | None, typer.Option("--gpu", help="Device name must contain this; [client] gpu.")] = None,
+         min_tflops: Annotated[float | None, typer.Option("--min-tflops", help="Minimum attested TFLOPS; "
+                                                          "[client] min_tflops.")] = None,
          max_s: Annotated[int, typer.Option("--max-s", help="Longest the job may run (and the escrow covers).")] = 600,
-         wait: Annotated[float, typer.Option("--wait", help="Seconds to wait for a fitting offer to show up.")] = 30.0,
+         wait: Annotated[float | None, typer.Option("--wait", help="Seconds to wait for a fitting offer to show up; "
+                                                    "[client] rent_wait_s (30).")] = None,
          json_out: JsonOpt = False,
          verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log internals.")] = False) -> None:
     """Rent a verified job from the best fitting provider and pay for it in IO (live progress, then a summary)."""
@@ -73,8 +75,10 @@ def rent(home: HomeOpt = DEFAULT_HOME_PATH, config: ConfigOpt = None, bootstrap:
         raise UserError(f"--dtype {dtype}: give fp32, bf16 or fp16")
     if not 1 <= n <= 65536 or not 1 <= batch <= 4096 or max_s < 1:
         raise UserError("--n must be in 1..65536, --batch in 1..4096 and --max-s positive")
-    cfg = node_config(home, config, net={"bootstrap": bootstrap, "listen": ["/ip4/0.0.0.0/tcp/0"]})
-    _quiet_logging(verbose)
+    cfg = node_config(home, config, net={"bootstrap": bootstrap, "listen": ["/ip4/0.0.0.0/tcp/0"]},
+                      client={"max_price": max_price, "gpu": gpu, "min_tflops": min_tflops, "rent_wait_s": wait,
+                              "verbose": verbose or None})
+    _quiet_logging(cfg.client.verbose)
     from ..market.devnet import matmul_job
     from ..market.renter_jobs import Renter
     from ..market.reputation import Wanted
@@ -87,18 +91,15 @@ def rent(home: HomeOpt = DEFAULT_HOME_PATH, config: ConfigOpt = None, bootstrap:
     def say(phase: str, text: str) -> None:  # live progress on stderr; stdout carries the result (JSON or table)
         typer.echo(f"[{phase:<11}] {text}", err=True)
 
-    from ..chain.token import AmountError, parse_amount
+    from .net import price_limit
 
-    try:
-        price_cap = None if max_price is None else parse_amount(max_price)
-    except AmountError as exc:
-        raise UserError(f"--max-price: {exc}") from None
+    c = cfg.client
+    want = Wanted(max_price=price_limit(c.max_price), gpu=c.gpu or None, min_tflops=c.min_tflops, max_s=max_s)
     renter = Renter(cfg, progress=say)
-    want = Wanted(max_price=price_cap, gpu=gpu, min_tflops=min_tflops, max_s=max_s)
 
     async def main():
         async with renter.running(background_refunds=False):
-            out = await renter.rent(spec, [], want, discover_s=wait)
+            out = await renter.rent(spec, [], want, discover_s=c.rent_wait_s)
             await renter.refund_due()
             return out
 
@@ -145,7 +146,8 @@ def jobs(home: HomeOpt = DEFAULT_HOME_PATH, json_out: JsonOpt = False,
         return
     from ..chain.token import format_io
 
-    typer.echo(f"{'JOB':<10} {'ROLE':<8} {'KIND':<7} {'STATE':<10} {'PAID IO':>14} {'REFUND IO':>14} {'PEER':<20} VERDICT")
+    typer.echo(f"{'JOB':<10} {'ROLE':<8} {'KIND':<7} {'STATE':<10} {'PAID IO':>14} {'REFUND IO':>14} {'PEER':<20} "
+               "VERDICT")
     for r in rows:
         typer.echo(f"{r.job_id.hex()[:8]:<10} {r.role:<8} {r.kind:<7} {r.state:<10} {format_io(r.cumulative):>14} "
                    f"{format_io(r.refunded):>14} {r.peer[-20:]:<20} {r.verdict[:40]}")

@@ -39,6 +39,18 @@ def setup_logging(verbose: bool = False) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def price_limit(text: str) -> int | None:
+    """A --max-price / [client] max_price in IO ("2.5") as base units; "" means no limit."""
+    if not text:
+        return None
+    from ..chain.token import AmountError, parse_amount
+
+    try:
+        return parse_amount(text)
+    except AmountError as exc:
+        raise ConfigError(f"max price: {exc}") from None
+
+
 def _net_overrides(listen, bootstrap, announce) -> dict[str, Any]:
     return {"listen": listen, "bootstrap": bootstrap, "announce": announce}
 
@@ -86,8 +98,9 @@ def run(home: HomeOpt = DEFAULT_HOME_PATH, config: ConfigOpt = None, listen: Lis
                                                   "[offer] price.")] = None,
         verbose: VerboseOpt = False) -> None:
     """Run a provider node until interrupted: gossip our offer, keep the offer book, answer status."""
-    cfg = node_config(home, config, net=_net_overrides(listen, bootstrap, announce), offer={"price": price})
-    setup_logging(verbose)
+    cfg = node_config(home, config, net=_net_overrides(listen, bootstrap, announce), offer={"price": price},
+                      client={"verbose": verbose or None})
+    setup_logging(cfg.client.verbose)
     from ..provider import ProviderNode
 
     node = ProviderNode(cfg)  # loads the key first: a key problem is a one-line error before any network work
@@ -118,8 +131,9 @@ async def until_stopped() -> None:
 def bootstrap_cmd(home: HomeOpt = DEFAULT_HOME_PATH, config: ConfigOpt = None, listen: ListenOpt = None,
                   announce: AnnounceOpt = None, bootstrap: BootstrapOpt = None, verbose: VerboseOpt = False) -> None:
     """Run a seed peer: stable identity (created on first start), fixed port, DHT server, gossip relay."""
-    cfg = node_config(home, config, net=_net_overrides(listen, bootstrap, announce))
-    setup_logging(verbose)
+    cfg = node_config(home, config, net=_net_overrides(listen, bootstrap, announce),
+                      client={"verbose": verbose or None})
+    setup_logging(cfg.client.verbose)
     if not cfg.key_file.exists():
         ident = Identity.generate()
         ident.save(cfg.key_file)
@@ -155,16 +169,21 @@ def _offer_rows(offers) -> list[dict[str, Any]]:
 @app.command()
 def offers(home: HomeOpt = DEFAULT_HOME_PATH, config: ConfigOpt = None, bootstrap: BootstrapOpt = None,
            json_out: JsonOpt = False,
-           wait: Annotated[float, typer.Option("--wait", help="Seconds to wait for the book to settle.")] = 5.0,
-           kind: Annotated[str | None, typer.Option("--kind", help="Only devices of this kind (cuda|cpu).")] = None,
-           max_price: Annotated[int | None, typer.Option("--max-price", help="Only offers at most this "
-                                                         "price.")] = None,
+           wait: Annotated[float | None, typer.Option("--wait", help="Seconds to wait for the book to settle; "
+                                                      "[client] wait_s (5).")] = None,
+           kind: Annotated[str | None, typer.Option("--kind", help="Only devices of this kind (cuda|cpu); "
+                                                    "[client] device_kind.")] = None,
+           max_price: Annotated[str | None, typer.Option("--max-price", help="Only offers of at most this many IO "
+                                                         "per device-hour; [client] max_price.")] = None,
            verbose: VerboseOpt = False) -> None:
     """Join as a light client, wait until the offer book settles, print the live offers."""
-    cfg = node_config(home, config, net={"bootstrap": bootstrap, "listen": ["/ip4/0.0.0.0/tcp/0"]})
-    setup_logging(verbose)
-    if not verbose:
+    cfg = node_config(home, config, net={"bootstrap": bootstrap, "listen": ["/ip4/0.0.0.0/tcp/0"]},
+                      client={"wait_s": wait, "device_kind": kind, "max_price": max_price, "verbose": verbose or None})
+    setup_logging(cfg.client.verbose)
+    if not cfg.client.verbose:
         logging.getLogger("p2pnode").setLevel(logging.WARNING)
+    wait, kind = cfg.client.wait_s, cfg.client.device_kind or None
+    price_cap = price_limit(cfg.client.max_price)
     from ..renter import LightClient
 
     client = LightClient(cfg.net)
@@ -176,7 +195,7 @@ def offers(home: HomeOpt = DEFAULT_HOME_PATH, config: ConfigOpt = None, bootstra
                 raise ConfigError(f"could not reach any seed peer ({', '.join(cfg.net.bootstrap)}); "
                                   "check the address and that the seed is running")
             await client.book.settle(quiet_s=min(1.0, wait), timeout=wait)
-            return client.book.query(kind=kind, max_price=max_price)
+            return client.book.query(kind=kind, max_price=price_cap)
 
     found = run_trio(main)
     rows = _offer_rows(found)
@@ -194,12 +213,15 @@ def offers(home: HomeOpt = DEFAULT_HOME_PATH, config: ConfigOpt = None, bootstra
 
 
 @app.command()
-def status(home: HomeOpt = DEFAULT_HOME_PATH, json_out: JsonOpt = False,
-           timeout: Annotated[float, typer.Option("--timeout", help="Seconds to wait for the answer.")] = 10.0,
+def status(home: HomeOpt = DEFAULT_HOME_PATH, config: ConfigOpt = None, json_out: JsonOpt = False,
+           timeout: Annotated[float | None, typer.Option("--timeout", help="Seconds to wait for the answer; "
+                                                         "[client] status_timeout_s (10).")] = None,
            verbose: VerboseOpt = False) -> None:
     """Ask the node running from this home for its PeerID, addresses, peers and offer book (/iog/status/1.0.0)."""
     from ..net.node import RUNTIME_FILE
 
+    cfg = node_config(home, config, client={"status_timeout_s": timeout, "verbose": verbose or None})
+    timeout, verbose = cfg.client.status_timeout_s, cfg.client.verbose
     setup_logging(verbose)
     logging.getLogger("p2pnode").setLevel(logging.INFO if verbose else logging.WARNING)
     runtime = home.expanduser() / RUNTIME_FILE

@@ -65,3 +65,25 @@ def test_store_counter_persists_and_tx_rolls_back(tmp_path):
     assert again.get("x") == b"y" and again.get("missing", 5) == 5
     assert again.query("PRAGMA journal_mode")[0][0] == "wal"
     again.close()
+
+
+def test_client_flags_are_settable_in_toml_and_flags_win(tmp_path):
+    import pytest
+
+    from p2pnode.cli.net import price_limit
+    from p2pnode.config import ConfigError, load_config
+
+    (tmp_path / "config.toml").write_text('[client]\nverbose = true\nmax_price = "2.5"\nstatus_timeout_s = 3.0\n'
+                                          'wait_s = 1.5\ndevice_kind = "cuda"\ngpu = "H100"\nmin_tflops = 10.0\n')
+    cfg = load_config(home=tmp_path)
+    c = cfg.client
+    assert (c.verbose, c.max_price, c.status_timeout_s, c.wait_s, c.device_kind, c.gpu, c.min_tflops) == \
+        (True, "2.5", 3.0, 1.5, "cuda", "H100", 10.0)
+    flags = load_config(home=tmp_path, overrides={"client": {"max_price": "7", "wait_s": None, "verbose": None}})
+    assert flags.client.max_price == "7" and flags.client.wait_s == 1.5 and flags.client.verbose is True
+    assert price_limit("2.5") == 250_000_000 and price_limit("") is None
+    with pytest.raises(ConfigError):
+        price_limit("cheap")
+    (tmp_path / "config.toml").write_text('[client]\nmax_prize = "1"\n')
+    with pytest.raises(ConfigError, match="max_prize"):
+        load_config(home=tmp_path)
