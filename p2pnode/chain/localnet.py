@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import signal
 import socket
 import sqlite3
@@ -33,6 +34,51 @@ WRITE_TIMEOUT_S = 30.0  # a client that does not read its response is dropped
 IDLE_TIMEOUT_S = 60.0
 READ_TIMEOUT_S = 30.0  # a request must arrive completely within this once started
 _JSON_HEADERS = [("content-type", "application/json; charset=utf-8")]
+MAX_HEADER = 16 * 1024  # h11's max_incomplete_event_size: larger request heads are refused (431)
+# What h11 writes for a 200 JSON answer, up to the content-length value (the fast path answers with these bytes).
+_PLAIN_HEAD = b"HTTP/1.1 200 \r\ncontent-type: application/json; charset=utf-8\r\ncontent-length: "
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_PLAIN_HEADERS_SKIPPED = frozenset((b"content-type", b"accept", b"accept-encoding", b"user-agent", b"host"))
+
+
+def _plain_request(buf: bytearray) -> tuple[bytes, int] | None | bool:
+    """A complete plain request at the start of `buf`: ``POST /`` (query allowed) ``HTTP/1.1``, a Host, one
+    decimal Content-Length within MAX_BODY, well-formed header lines, nothing that changes the framing or the
+    connection (Transfer-Encoding, Connection, Expect, Upgrade, obsolete line folding): (body, bytes used).
+    None: plain so far but incomplete. False: anything else, which h11 handles (and answers as before)."""
+    end = buf.find(b"\r\n\r\n")
+    if end < 0:
+        return None if len(buf) <= MAX_HEADER else False
+    if end > MAX_HEADER:
+        return False
+    lines = bytes(buf[:end]).split(b"\r\n")
+    parts = lines[0].split(b" ")
+    if len(parts) != 3 or parts[0] != b"POST" or parts[2] != b"HTTP/1.1" or parts[1].split(b"?")[0] != b"/":
+        return False
+    length = None
+    host = False
+    for line in lines[1:]:
+        name, sep, value = line.partition(b":")
+        if not sep or not _TOKEN.fullmatch(name) or b"\r" in value or b"\n" in value or b"\x00" in value:
+            return False
+        name = name.lower()
+        if name in _PLAIN_HEADERS_SKIPPED:
+            host = host or name == b"host"
+            continue
+        if name == b"content-length":
+            value = value.strip(b" \t")
+            if length is not None or not value.isdigit() or len(value) > 9:
+                return False
+            length = int(value)
+        elif name in (b"transfer-encoding", b"connection", b"expect", b"upgrade", b"te", b"trailer"):
+            if name != b"connection" or value.strip(b" \t").lower() != b"keep-alive":
+                return False
+    if length is None or not host or length > MAX_BODY:
+        return False
+    total = end + 4 + length
+    if len(buf) < total:
+        return None
+    return bytes(buf[end + 4:total]), total
 
 
 def _envelope_ok(rid: Any, result_json: str) -> str:
@@ -95,7 +141,7 @@ class LocalnetServer:
     async def flush(self) -> None:
         """Group commit: everything written since the last flush goes to disk in one fsynced transaction; only
         then are those transactions reported finalized."""
-        snap = self.chain.take_snapshot()
+        snap = self.chain.take_snapshot(serialize=self.ledger is not None)
         if self.ledger is not None and (snap.accounts or snap.records or snap.meta or snap.addresses):
             try:
                 await trio.to_thread.run_sync(self.ledger.write, snap)
@@ -155,34 +201,77 @@ class LocalnetServer:
             stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError:
             pass
-        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=16 * 1024)
         try:
-            while True:
-                request, body = await self._read_request(conn, stream)
-                if request is None:
-                    return
-                status, text = self._route(request, body)
-                payload = (text or "").encode()
-                headers = [*_JSON_HEADERS, ("content-length", str(len(payload)))]
-                if conn.their_state is h11.ERROR or status >= 400 and status != 405:
-                    headers.append(("connection", "close"))
-                out = conn.send(h11.Response(status_code=status, headers=headers))
-                if payload:
-                    out += conn.send(h11.Data(data=payload))
-                out += conn.send(h11.EndOfMessage())
-                with trio.move_on_after(WRITE_TIMEOUT_S) as cs:
-                    await stream.send_all(out)
-                if cs.cancelled_caught:
-                    return
-                if conn.our_state is h11.MUST_CLOSE or conn.their_state is not h11.DONE:
-                    return
-                conn.start_next_cycle()
+            conn = await self._serve_plain(stream)
+            if conn is not None:
+                await self._serve_h11(stream, conn)
         except (trio.BrokenResourceError, trio.ClosedResourceError, h11.LocalProtocolError):
             return
         finally:
             with trio.move_on_after(1) as cs:
                 cs.shield = True
                 await stream.aclose()
+
+    async def _serve_plain(self, stream: trio.SocketStream) -> h11.Connection | None:
+        """The fast path for what JSON-RPC clients send: complete, plain ``POST / HTTP/1.1`` requests with a
+        Content-Length (see `_plain_request`), answered with the bytes h11 would produce. The first request that is
+        anything else (or an error, a timeout, an early close) hands the connection, with the bytes read so far, to
+        h11 for good: the returned connection. None: the client is gone."""
+        buf = bytearray()
+        while True:
+            req = _plain_request(buf) if buf else None
+            if req is False:
+                return self._handover(buf)
+            if req is None:
+                data = None
+                with trio.move_on_after(READ_TIMEOUT_S if buf else IDLE_TIMEOUT_S):
+                    data = await stream.receive_some(65536)
+                if not data:  # closed or timed out: h11 answers a partial request (400/408) like before
+                    if not buf:
+                        return None
+                    conn = self._handover(buf)
+                    if data is None:
+                        await self._send_error(conn, stream, 408, "request timeout")
+                        return None
+                    conn.receive_data(b"")
+                    return conn
+                buf += data
+                continue
+            body, used = req
+            del buf[:used]
+            payload = (self.handle_body(body) or "").encode()
+            with trio.move_on_after(WRITE_TIMEOUT_S) as cs:
+                await stream.send_all(b"".join((_PLAIN_HEAD, str(len(payload)).encode(), b"\r\n\r\n", payload)))
+            if cs.cancelled_caught:
+                return None
+
+    @staticmethod
+    def _handover(buf: bytearray) -> h11.Connection:
+        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADER)
+        conn.receive_data(bytes(buf))
+        return conn
+
+    async def _serve_h11(self, stream: trio.SocketStream, conn: h11.Connection) -> None:
+        while True:
+            request, body = await self._read_request(conn, stream)
+            if request is None:
+                return
+            status, text = self._route(request, body)
+            payload = (text or "").encode()
+            headers = [*_JSON_HEADERS, ("content-length", str(len(payload)))]
+            if conn.their_state is h11.ERROR or status >= 400 and status != 405:
+                headers.append(("connection", "close"))
+            out = conn.send(h11.Response(status_code=status, headers=headers))
+            if payload:
+                out += conn.send(h11.Data(data=payload))
+            out += conn.send(h11.EndOfMessage())
+            with trio.move_on_after(WRITE_TIMEOUT_S) as cs:
+                await stream.send_all(out)
+            if cs.cancelled_caught:
+                return
+            if conn.our_state is h11.MUST_CLOSE or conn.their_state is not h11.DONE:
+                return
+            conn.start_next_cycle()
 
     async def _read_request(self, conn: h11.Connection, stream: trio.SocketStream) -> tuple[Any, bytes]:
         """One request and its body; (None, b"") when the client went away or idled out."""

@@ -325,30 +325,43 @@ class LocalChain:
             if preflight:
                 raise
             return sig
-        if preflight:
-            sim = self.svm.simulate_transaction(tx)
-            if isinstance(sim, FailedTransactionMetadata):
-                meta = sim.meta()
-                raise TxRejected(sim.err(), meta.logs(), meta.compute_units_consumed(), meta.fee())
+        svm = self.svm
         keys = list(tx.message.account_keys)
-        pre = [self.svm.get_balance(k) or 0 for k in keys]
-        res = self.svm.send_transaction(tx)
+        writable = writable_keys(tx, svm)
+        pre = [svm.get_balance(k) or 0 for k in keys]
+        # Preflight is this one execution, undone if it fails: LiteSVM executes exactly what simulate_transaction
+        # would (same runtime, same state, nothing runs in between on this thread) but commits a failed
+        # transaction's fee (and a durable nonce's advance), so the writable accounts are put back as they were.
+        # One execution instead of simulate + execute; the answer (err, logs, units, fee) is the same.
+        saved = [(k, svm.get_account(k)) for k in writable] if preflight else None
+        res = svm.send_transaction(tx)
         if isinstance(res, FailedTransactionMetadata):
             err, meta = res.err(), res.meta()
+            if saved is not None:
+                self._restore(saved)
+                raise TxRejected(err, meta.logs(), meta.compute_units_consumed(), meta.fee())
         else:
             err, meta = None, res
         if err is not None and meta.fee() == 0 and not meta.logs():
             # Failed before execution (bad signature, unknown fee payer, ...): a validator never puts these in a
-            # block either, so there is no status; preflight already reported such errors when it ran.
-            if preflight:
-                raise TxRejected(err, meta.logs())
+            # block either, so there is no status (only reached with preflight skipped).
             return sig
-        post = [self.svm.get_balance(k) or 0 for k in keys]
-        self.dirty.update(writable_keys(tx, self.svm))
+        post = [svm.get_balance(k) or 0 for k in keys]
+        self.dirty.update(writable)
         self._record(sig, TxRecord(self.slot, self.unix_time(), raw, err, list(meta.logs()), meta.fee(),
                                    meta.compute_units_consumed(), pre, post))
         self._index(sig, loaded_keys(tx, self.svm))
         return sig
+
+    def _restore(self, saved: list[tuple[Pubkey, Account | None]]) -> None:
+        """Put accounts back exactly as they were before a failed preflight execution."""
+        for key, acc in saved:
+            now = self.svm.get_account(key)
+            if acc is None:
+                if now is not None and now.lamports:
+                    self.svm.set_account(key, Account(0, b"", SYSTEM_PROGRAM_ID, False, 0))
+            elif now != acc:
+                self.svm.set_account(key, acc)
 
     def airdrop(self, to: Pubkey, lamports: int) -> Signature:
         faucet = self.svm.airdrop_pubkey()
@@ -407,17 +420,23 @@ class LocalChain:
             self.records.popitem(last=False)
 
     # ---- persistence hooks ----------------------------------------------------------------------------------------
-    def take_snapshot(self) -> Snapshot:
-        """Everything changed since the last snapshot; `dirty` and `pending` are reset."""
+    def take_snapshot(self, *, serialize: bool = True) -> Snapshot:
+        """Everything changed since the last snapshot; `dirty` and `pending` are reset. Without a ledger
+        (`serialize=False`) only the signatures are taken: nothing would write the accounts and records."""
+        sigs = self.pending
         accounts: list[tuple[bytes, bytes | None]] = []
-        for key in self.dirty:
-            acc = self.svm.get_account(key)
-            accounts.append((bytes(key), None if acc is None or acc.lamports == 0 else bytes(acc)))
-        sigs = [s for s in self.pending if s in self.records]
-        records = [(bytes(s), self.records[s].to_json()) for s in sigs]
+        records: list[tuple[bytes, str]] = []
+        index: list[tuple[bytes, int, bytes]] = []
+        if serialize:
+            for key in self.dirty:
+                acc = self.svm.get_account(key)
+                accounts.append((bytes(key), None if acc is None or acc.lamports == 0 else bytes(acc)))
+            sigs = [s for s in sigs if s in self.records]
+            records = [(bytes(s), self.records[s].to_json()) for s in sigs]
+            index = self._pending_index
         self.dirty = set()
         self.pending = []
-        index, self._pending_index = self._pending_index, []
+        self._pending_index = []
         meta = {"slot": str(self.slot), "time_offset": str(self.time_offset),
                 "transaction_count": str(self.transaction_count), "genesis_hash": str(self.genesis_hash)}
         return Snapshot(accounts, records, meta, sigs, index)
