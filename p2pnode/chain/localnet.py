@@ -41,14 +41,15 @@ _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _PLAIN_HEADERS_SKIPPED = frozenset((b"content-type", b"accept", b"accept-encoding", b"user-agent", b"host"))
 
 
-def _plain_request(buf: bytearray) -> tuple[bytes, int] | None | bool:
-    """A complete plain request at the start of `buf`: ``POST /`` (query allowed) ``HTTP/1.1``, a Host, one
-    decimal Content-Length within MAX_BODY, well-formed header lines, nothing that changes the framing or the
-    connection (Transfer-Encoding, Connection, Expect, Upgrade, obsolete line folding): (body, bytes used).
-    None: plain so far but incomplete. False: anything else, which h11 handles (and answers as before)."""
+def _plain_head(buf: bytearray) -> tuple[int, int] | None | bool:
+    """The head of a plain request at the start of `buf`: ``POST /`` (query allowed) ``HTTP/1.1``, CRLF line
+    ends, a Host, one decimal Content-Length within MAX_BODY, well-formed header lines, nothing that changes the
+    framing or the connection (Transfer-Encoding, Connection other than keep-alive, Expect, Upgrade, obsolete line
+    folding): (where the body starts, where the request ends). None: plain so far but the head is incomplete.
+    False: anything else, which h11 handles (and answers as before)."""
     end = buf.find(b"\r\n\r\n")
-    if end < 0:
-        return None if len(buf) <= MAX_HEADER else False
+    if end < 0:  # incomplete, unless it is too long or uses bare LF line ends (h11 accepts those)
+        return None if len(buf) <= MAX_HEADER and buf.count(b"\n") == buf.count(b"\r\n") else False
     if end > MAX_HEADER:
         return False
     lines = bytes(buf[:end]).split(b"\r\n")
@@ -70,15 +71,12 @@ def _plain_request(buf: bytearray) -> tuple[bytes, int] | None | bool:
             if length is not None or not value.isdigit() or len(value) > 9:
                 return False
             length = int(value)
-        elif name in (b"transfer-encoding", b"connection", b"expect", b"upgrade", b"te", b"trailer"):
-            if name != b"connection" or value.strip(b" \t").lower() != b"keep-alive":
-                return False
+        elif name in (b"transfer-encoding", b"connection", b"expect", b"upgrade", b"te", b"trailer") and (
+                name != b"connection" or value.strip(b" \t").lower() != b"keep-alive"):
+            return False
     if length is None or not host or length > MAX_BODY:
         return False
-    total = end + 4 + length
-    if len(buf) < total:
-        return None
-    return bytes(buf[end + 4:total]), total
+    return end + 4, end + 4 + length
 
 
 def _envelope_ok(rid: Any, result_json: str) -> str:
@@ -214,15 +212,18 @@ class LocalnetServer:
 
     async def _serve_plain(self, stream: trio.SocketStream) -> h11.Connection | None:
         """The fast path for what JSON-RPC clients send: complete, plain ``POST / HTTP/1.1`` requests with a
-        Content-Length (see `_plain_request`), answered with the bytes h11 would produce. The first request that is
+        Content-Length (see `_plain_head`), answered with the bytes h11 would produce. The first request that is
         anything else (or an error, a timeout, an early close) hands the connection, with the bytes read so far, to
         h11 for good: the returned connection. None: the client is gone."""
         buf = bytearray()
+        head: tuple[int, int] | None = None  # (body start, end) of the request at the start of buf, once parsed
         while True:
-            req = _plain_request(buf) if buf else None
-            if req is False:
-                return self._handover(buf)
-            if req is None:
+            if head is None and buf:
+                parsed = _plain_head(buf)
+                if parsed is False:
+                    return self._handover(buf)
+                head = parsed  # type: ignore[assignment]
+            if head is None or len(buf) < head[1]:
                 data = None
                 with trio.move_on_after(READ_TIMEOUT_S if buf else IDLE_TIMEOUT_S):
                     data = await stream.receive_some(65536)
@@ -237,8 +238,10 @@ class LocalnetServer:
                     return conn
                 buf += data
                 continue
-            body, used = req
-            del buf[:used]
+            start, end = head
+            body = bytes(buf[start:end])
+            del buf[:end]
+            head = None
             payload = (self.handle_body(body) or "").encode()
             with trio.move_on_after(WRITE_TIMEOUT_S) as cs:
                 await stream.send_all(b"".join((_PLAIN_HEAD, str(len(payload)).encode(), b"\r\n\r\n", payload)))
