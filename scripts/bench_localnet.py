@@ -81,7 +81,8 @@ def _client(url: str, concurrency: int) -> AsyncClient:
 
 async def measure(url: str, n: int = 2000, concurrency: int = 64, senders: int = 16, *, confirm: str = "batch",
                   presign: bool = True, skip_preflight: bool = False, clients: int = 8,
-                  client_per_worker: bool = False, server_pid: int | None = None) -> dict:
+                  client_per_worker: bool = False, server_pid: int | None = None,
+                  start_at: float | None = None) -> dict:
     """Send n transfers with `concurrency` in flight; the figure counts only transactions reported finalized with no
     error. CPU (this process and, given `server_pid`, the localnet) is measured over the timed window only."""
     if confirm not in ("batch", "per-tx"):
@@ -91,12 +92,13 @@ async def measure(url: str, n: int = 2000, concurrency: int = 64, senders: int =
         # scans all its connections on every request, so one pool of 64 connections costs more CPU than 8 of 8
         pool = [await stack.enter_async_context(_client(url, -(-concurrency // clients))) for _ in range(clients)]
         c = pool[0]
-        keys = [Keypair() for _ in range(senders)]
+        # keys from os.urandom: forked client processes (--procs) must not share a random generator's state
+        keys = [Keypair.from_seed(os.urandom(32)) for _ in range(senders)]
         for k in keys:
             await c.request_airdrop(k.pubkey(), 1000 * SOL)
         await trio.sleep(0.5)
         bh = (await c.get_latest_blockhash()).value.blockhash
-        dest = Keypair().pubkey()
+        dest = Keypair.from_seed(os.urandom(32)).pubkey()
         keyed = [(k, k.pubkey()) for k in keys]
         txs = [_transfer(keyed, dest, i, bh) for i in range(n)] if presign else None
         opts = TxOpts(skip_confirmation=True, skip_preflight=skip_preflight)
@@ -161,8 +163,11 @@ async def measure(url: str, n: int = 2000, concurrency: int = 64, senders: int =
                 if len(final) < len(chunk) // 2:  # mostly not final yet: give the ledger flush a moment
                     await trio.sleep(0.02)
 
+        if start_at is not None:  # several client processes start their timed loops together
+            await trio.sleep(max(0.0, start_at - time.time()))
         cpu0 = (time.process_time(), cpu_seconds(server_pid) if server_pid else 0.0)
         t0 = time.perf_counter()
+        t0_wall = time.time()
         with trio.fail_after(300):
             async with trio.open_nursery() as outer:
                 if confirm == "batch":
@@ -173,6 +178,7 @@ async def measure(url: str, n: int = 2000, concurrency: int = 64, senders: int =
                 done["t_sent"] = time.perf_counter()
                 all_sent.set()
         total_s = (done["t_last"] or time.perf_counter()) - t0
+        end_wall = t0_wall + total_s
         cli_cpu = time.process_time() - cpu0[0]
         srv_cpu = cpu_seconds(server_pid) - cpu0[1] if server_pid else None
         # the transfers really moved the money: the destination holds the sum of every finalized one
@@ -192,6 +198,48 @@ async def measure(url: str, n: int = 2000, concurrency: int = 64, senders: int =
         res["localnet_cpu_ms_per_tx"] = round(1000 * srv_cpu / n, 3)
         res["localnet_cpu_bound_per_s"] = round(n / srv_cpu) if srv_cpu else None
         res["cpu_busy_of_2_cores"] = round((srv_cpu + cli_cpu) / total_s / 2, 2)
+    res["_wall"] = [t0_wall, end_wall, cli_cpu]  # for measure_procs; main() drops it
+    return res
+
+
+def _child(url: str, n: int, concurrency: int, kwargs: dict, start_at: float, out) -> None:
+    out.put(trio.run(lambda: measure(url, n, concurrency, start_at=start_at, **kwargs)))
+
+
+def measure_procs(url: str, n: int, concurrency: int, procs: int, server_pid: int, **kwargs) -> dict:
+    """The same measurement from `procs` client processes at once (each with its own senders, n/procs transfers
+    and concurrency/procs in flight), timed from their common start to the last finalized transaction."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork")
+    out = ctx.Queue()
+    start_at = time.time() + 4.0 + procs  # after every child has funded its senders and signed
+    kids = [ctx.Process(target=_child, args=(url, n // procs, max(1, concurrency // procs), kwargs, start_at, out))
+            for _ in range(procs)]
+    for k in kids:
+        k.start()
+    time.sleep(max(0.0, start_at - time.time()))
+    srv0 = cpu_seconds(server_pid)
+    parts = [out.get(timeout=600) for _ in kids]
+    srv_cpu = cpu_seconds(server_pid) - srv0
+    srv_wall = time.time() - start_at
+    for k in kids:
+        k.join(10)
+    elapsed = max(r["_wall"][1] for r in parts) - start_at
+    cli_cpu = sum(r["_wall"][2] for r in parts)
+    total = sum(r["n"] for r in parts)
+    ok = sum(r["finalized"] for r in parts)
+    res = {k: parts[0][k] for k in ("confirm", "presigned", "preflight", "clients")}
+    res.update({"n": total, "concurrency": concurrency, "client_processes": procs,
+                "send_errors": sum(r["send_errors"] for r in parts),
+                "failed_status": sum(r["failed_status"] for r in parts),
+                "finalized": ok, "destination_balance_ok": all(r["destination_balance_ok"] for r in parts),
+                "status_calls": sum(r["status_calls"] for r in parts),
+                "finalized_per_s": round(ok / elapsed), "elapsed_s": round(elapsed, 3),
+                "client_cpu_ms_per_tx": round(1000 * cli_cpu / total, 3),
+                "localnet_cpu_ms_per_tx": round(1000 * srv_cpu / total, 3),
+                "localnet_cpu_bound_per_s": round(total / srv_cpu) if srv_cpu else None,
+                "cpu_busy_of_2_cores": round((srv_cpu + cli_cpu) / max(elapsed, srv_wall) / 2, 2)})
     return res
 
 
@@ -224,6 +272,7 @@ def main() -> None:
                          "per-tx: each sender polls its own signature before sending the next")
     ap.add_argument("--sign-in-loop", action="store_true", help="build and sign each transfer inside the timed loop")
     ap.add_argument("--skip-preflight", action="store_true", help="sendTransaction with skipPreflight (labelled)")
+    ap.add_argument("--procs", type=int, default=1, help="client processes (labelled figure; default one)")
     ap.add_argument("--clients", type=int, default=8, help="AsyncClients (connection pools) shared by the senders")
     ap.add_argument("--client-per-worker", action="store_true",
                     help="one AsyncClient per sender (the first version of this script) instead of one shared pool")
@@ -233,10 +282,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         proc, url = start_localnet(Path(tmp) / "ledger" if args.ledger else None)
         try:
-            res = trio.run(lambda: measure(url, args.n, args.concurrency, confirm=args.confirm,
-                                           presign=not args.sign_in_loop, skip_preflight=args.skip_preflight,
-                                           clients=args.clients, client_per_worker=args.client_per_worker,
-                                           server_pid=proc.pid))
+            kw = {"confirm": args.confirm, "presign": not args.sign_in_loop, "skip_preflight": args.skip_preflight,
+                  "clients": args.clients, "client_per_worker": args.client_per_worker}
+            if args.procs > 1:
+                res = measure_procs(url, args.n, args.concurrency, args.procs, proc.pid, **kw)
+            else:
+                res = trio.run(lambda: measure(url, args.n, args.concurrency, server_pid=proc.pid, **kw))
+                res.pop("_wall")
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(10)
