@@ -15,7 +15,9 @@ sending, like a one-at-a-time client) and --client-per-worker (one AsyncClient p
 first version of this script, which also paid an SSL context per client inside the timed loop).
 
     .venv/bin/python scripts/bench_localnet.py [--n 2000] [--concurrency 64] [--ledger] [--sign-in-loop]
-        [--skip-preflight] [--confirm batch|per-tx] [--client-per-worker]
+        [--skip-preflight] [--confirm batch|per-tx] [--client-per-worker] [--clients 8] [--procs 1]
+
+--skip-preflight and --procs N (N client processes from a common start) are separately labelled figures.
 """
 
 from __future__ import annotations
