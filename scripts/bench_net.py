@@ -1,10 +1,13 @@
 """Network figures of issue 2, measured on loopback with the real stack (TCP + Noise + yamux, GossipSub).
 
-    .venv/bin/python scripts/bench_net.py [--nodes 10] [--bulk-mib 64] [--json]
+    .venv/bin/python scripts/bench_net.py [--nodes 10] [--bulk-mib 64] [--json] [--only propagation|bulk]
 
 * connect time (fresh host pair, dial → connection ready), p50 / max over 20;
 * 32-byte request/response round trip on one open stream, p50 / p99 over 2000;
-* one-stream bulk transfer MB/s, and the same bytes over raw trio TCP in the same run (ratio);
+* one-stream bulk transfer MB/s (1 MiB writes, first write → the sink's ack), and the same bytes over raw trio TCP
+  in the same run (ratio), twice: both hosts in this one process (one core does both ends' Noise + yamux), and
+  the receiving host in its own process (as between two real nodes; raw TCP measured the same way);
+  ``--only bulk [--profile PREFIX]`` runs just these (cProfile of sender and sink → PREFIX.{sender,sink}.prof);
 * offer propagation over a seed + (nodes-1) providers: publish → in every other node's book, p50 / p99, twice:
   all nodes in this one process (one core serialises every node's work), and one process per provider (as in a
   real network; arrival times compared on the shared wall clock);
@@ -42,6 +45,15 @@ CPU = [Device(kind="cpu", name="bench cpu", mem_bytes=8 << 30)]
 def pct(values: list[float], q: float) -> float:
     s = sorted(values)
     return s[min(int(q * len(s)), len(s) - 1)]
+
+
+def sched_s() -> tuple[float, float]:
+    """(CPU seconds, seconds runnable but waiting for a core) of this process's main thread, from the kernel."""
+    try:
+        run, wait = Path("/proc/thread-self/schedstat").read_text().split()[:2]
+        return int(run) / 1e9, int(wait) / 1e9
+    except (OSError, ValueError):
+        return float("nan"), float("nan")
 
 
 def rss_mib() -> float:
@@ -122,9 +134,10 @@ async def bench_streams(bulk_mib: int, rounds: int = 2000) -> dict:
             await s.read(1)
         dt = time.perf_counter() - t
         await s.close()
-        out["bulk_libp2p_MBps"] = (bulk_mib << 20) / dt / 1e6
-    out["bulk_raw_tcp_MBps"] = await bench_raw_tcp(bulk_mib)
-    out["bulk_ratio_to_raw_tcp"] = out["bulk_libp2p_MBps"] / out["bulk_raw_tcp_MBps"]
+        # both hosts in this one process: one core (the GIL) does the sender's AND the receiver's Noise + yamux
+        out["bulk_1proc_libp2p_MBps"] = (bulk_mib << 20) / dt / 1e6
+    out["bulk_1proc_raw_tcp_MBps"] = await bench_raw_tcp(bulk_mib)
+    out["bulk_1proc_ratio_to_raw_tcp"] = out["bulk_1proc_libp2p_MBps"] / out["bulk_1proc_raw_tcp_MBps"]
     return out
 
 
@@ -156,6 +169,189 @@ async def bench_raw_tcp(bulk_mib: int) -> float:
         await client.aclose()
         nursery.cancel_scope.cancel()
     return (bulk_mib << 20) / result["dt"] / 1e6
+
+
+# --- one-stream bulk with the receiving host in its own process (as in a real network) -------------------------
+
+def _profiled(coro_fn, profile: str):
+    """Run ``coro_fn`` under cProfile (this process only) and dump the stats to ``profile`` when it returns."""
+    async def run(*a):
+        import cProfile
+
+        prof = cProfile.Profile()
+        prof.enable()
+        try:
+            return await coro_fn(*a)
+        finally:
+            prof.disable()
+            prof.dump_stats(profile)
+    return run
+
+
+async def _bulk_sink_child(bulk_mib: int, read_size: int) -> None:
+    """Receiving host: print its address, take ``bulk_mib`` MiB on one SINK stream, ack with one byte, exit."""
+    done = trio.Event()
+    got = {"n": 0, "reads": 0}
+
+    async def sink(stream):
+        try:
+            while got["n"] < bulk_mib << 20:
+                data = await stream.read(read_size)
+                if not data:
+                    break
+                if not got["n"]:
+                    got["sched0"], got["t0"] = sched_s(), time.perf_counter()
+                got["n"] += len(data)
+                got["reads"] += 1
+            got["wall_s"] = time.perf_counter() - got["t0"]
+            got["cpu_s"], got["wait_s"] = (a - b for a, b in zip(sched_s(), got["sched0"]))
+            got["target_recv_window"] = getattr(getattr(stream, "muxed_stream", None), "target_recv_window", None)
+            await stream.write(b"k")
+            with trio.move_on_after(10):  # the sender closes after the ack; read its EOF before closing
+                try:
+                    await stream.read(1)
+                except Exception:
+                    pass
+        except Exception:
+            pass
+        finally:
+            done.set()
+
+    async with running_host(Identity.generate(), HostSettings(listen=[LOOP])) as h:
+        h.set_stream_handler(SINK, sink)
+        print(json.dumps({"addr": str(h.get_addrs()[0])}), flush=True)
+        with trio.fail_after(300):
+            await done.wait()
+    print(json.dumps({"received": got["n"], **{k: got.get(k) for k in ("reads", "cpu_s", "wait_s", "wall_s",
+                                                                      "target_recv_window")}}), flush=True)
+
+
+async def _tcp_sink_child(bulk_mib: int, read_size: int) -> None:
+    """Raw-TCP baseline sink: same bytes, same ack, its own process."""
+    done = trio.Event()
+    got = {"n": 0}
+
+    async def handler(stream):
+        while got["n"] < bulk_mib << 20:
+            data = await stream.receive_some(read_size)
+            if not data:
+                break
+            got["n"] += len(data)
+        await stream.send_all(b"k")
+        with trio.move_on_after(10):
+            await stream.receive_some(1)
+        done.set()
+
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(trio.serve_tcp, handler, 0)
+        print(json.dumps({"port": listeners[0].socket.getsockname()[1]}), flush=True)
+        with trio.fail_after(300):
+            await done.wait()
+        nursery.cancel_scope.cancel()
+    print(json.dumps({"received": got["n"]}), flush=True)
+
+
+async def _spawn_sink(kind: str, bulk_mib: int, read_size: int, profile: str | None):
+    """Start a sink child; return (process, first JSON line, stdout receive stream)."""
+    cmd = [sys.executable, __file__, "--child", kind, "--bulk-mib", str(bulk_mib), "--read-size", str(read_size)]
+    if profile:
+        cmd += ["--profile", profile]
+    proc = await trio.lowlevel.open_process(cmd, stdout=subprocess.PIPE)
+    buf = b""
+    with trio.fail_after(60):
+        while b"\n" not in buf:
+            chunk = await proc.stdout.receive_some(4096)
+            if not chunk:
+                raise RuntimeError(f"{kind} child exited before printing its address")
+            buf += chunk
+    return proc, json.loads(buf.split(b"\n", 1)[0]), buf.split(b"\n", 1)[1]
+
+
+async def _finish_child(proc, rest: bytes) -> dict:
+    with trio.fail_after(30):
+        while True:
+            chunk = await proc.stdout.receive_some(4096)
+            if not chunk:
+                break
+            rest += chunk
+        await proc.wait()
+    lines = [ln for ln in rest.decode().splitlines() if ln.strip()]
+    return json.loads(lines[-1]) if lines else {}
+
+
+async def bench_bulk_processes(bulk_mib: int, read_size: int = 1 << 20, profile_prefix: str | None = None) -> dict:
+    """Sender here, receiver in its own process; libp2p stream then raw TCP, same bytes and 1 MiB writes.
+
+    Timed from the first write to the sink's one-byte ack (sent once it has counted every byte), so both sides'
+    Noise + yamux work is inside the figure, each on its own core as between two real nodes.
+    """
+    chunk = os.urandom(1 << 20)  # 1 MiB writes, the DESIGN.md bulk chunk size
+    out: dict = {}
+
+    proc, hello, rest = await _spawn_sink("bulk-sink", bulk_mib, read_size,
+                                          profile_prefix + ".sink.prof" if profile_prefix else None)
+    try:
+        async with running_host(Identity.generate(), HostSettings(listen=[LOOP])) as h:
+            info = peer_info(hello["addr"])
+            await h.connect(info)
+            s = await h.new_stream(info.peer_id, [SINK])
+
+            async def send() -> float:
+                sched0, t = sched_s(), time.perf_counter()
+                for _ in range(bulk_mib):
+                    await s.write(chunk)
+                with trio.fail_after(120):
+                    ack = await s.read(1)
+                dt = time.perf_counter() - t
+                cpu, wait = (a - b for a, b in zip(sched_s(), sched0))
+                out["bulk_2proc_sender_cpu_share"] = cpu / dt
+                out["bulk_2proc_sender_runq_share"] = wait / dt
+                # yamux makes a writer with no send window poll every 10 ms (py-libp2p 0.8.1 YamuxStream.write)
+                out["bulk_2proc_sender_zero_window_waits"] = getattr(s.muxed_stream, "_zero_window_waits", None)
+                assert ack == b"k", ack
+                return dt
+
+            if profile_prefix:
+                dt = await _profiled(send, profile_prefix + ".sender.prof")()
+            else:
+                dt = await send()
+            await s.close()
+        got = await _finish_child(proc, rest)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert got.get("received", 0) >= bulk_mib << 20, got
+    out["bulk_2proc_libp2p_MBps"] = (bulk_mib << 20) / dt / 1e6
+    # CPU seconds / wall seconds of each end while the bytes flow (an end near 1.0 is CPU-bound), and the share
+    # of the time it was runnable but waited for a core (other load on the machine)
+    out["bulk_2proc_sink_cpu_share"] = got["cpu_s"] / got["wall_s"]
+    out["bulk_2proc_sink_runq_share"] = got["wait_s"] / got["wall_s"]
+    # bytes per CPU-second of each end: what it would sustain with a core to itself (load-independent)
+    out["bulk_2proc_sink_MB_per_cpu_s"] = (bulk_mib << 20) / got["cpu_s"] / 1e6
+    out["bulk_2proc_sender_MB_per_cpu_s"] = out["bulk_2proc_libp2p_MBps"] / out["bulk_2proc_sender_cpu_share"]
+    out["bulk_2proc_sink_recv_window_kib"] = (got.get("target_recv_window") or 0) / 1024
+    out["bulk_2proc_sink_reads"] = got.get("reads")
+
+    proc, hello, rest = await _spawn_sink("tcp-sink", bulk_mib, read_size, None)
+    try:
+        client = await trio.open_tcp_stream("127.0.0.1", hello["port"])
+        t = time.perf_counter()
+        for _ in range(bulk_mib):
+            await client.send_all(chunk)
+        with trio.fail_after(120):
+            ack = await client.receive_some(1)
+        dt = time.perf_counter() - t
+        assert ack == b"k", ack
+        await client.aclose()
+        got = await _finish_child(proc, rest)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    out["bulk_2proc_raw_tcp_MBps"] = (bulk_mib << 20) / dt / 1e6
+    out["bulk_2proc_ratio_to_raw_tcp"] = out["bulk_2proc_libp2p_MBps"] / out["bulk_2proc_raw_tcp_MBps"]
+    return out
 
 
 async def bench_propagation(nodes: int, publishes: int = 20) -> dict:
@@ -369,17 +565,28 @@ async def main(args) -> None:
     if args.child == "prop":
         await _prop_child(args.seed, args.start_at, args.slot, args.nodes, args.publishes, args.gap)
         return
+    if args.child in ("bulk-sink", "tcp-sink"):
+        fn = _bulk_sink_child if args.child == "bulk-sink" else _tcp_sink_child
+        if args.profile:
+            fn = _profiled(fn, args.profile)
+        await fn(args.bulk_mib, args.read_size)
+        return
     if args.child:
         await _child(args.child, args.seed, args.settle)
         return
     results: dict = {}
-    if args.only != "propagation":
-        results.update(await bench_connect())
+    if args.only == "bulk":
         results.update(await bench_streams(args.bulk_mib))
-    results.update(await bench_propagation(args.nodes))
-    results.update(await bench_propagation_processes(args.nodes))
-    if args.only != "propagation":
-        results.update(await bench_rss())
+        results.update(await bench_bulk_processes(args.bulk_mib, args.read_size, args.profile))
+    else:
+        if args.only != "propagation":
+            results.update(await bench_connect())
+            results.update(await bench_streams(args.bulk_mib))
+            results.update(await bench_bulk_processes(args.bulk_mib, args.read_size))
+        results.update(await bench_propagation(args.nodes))
+        results.update(await bench_propagation_processes(args.nodes))
+        if args.only != "propagation":
+            results.update(await bench_rss())
     if args.json:
         print(json.dumps(results, indent=2))
     else:
@@ -392,8 +599,10 @@ if __name__ == "__main__":
     p.add_argument("--nodes", type=int, default=10)
     p.add_argument("--bulk-mib", type=int, default=64)
     p.add_argument("--json", action="store_true")
-    p.add_argument("--child", choices=["provider", "light", "prop"])
-    p.add_argument("--only", choices=["propagation"], help="run only the two propagation figures")
+    p.add_argument("--child", choices=["provider", "light", "prop", "bulk-sink", "tcp-sink"])
+    p.add_argument("--only", choices=["propagation", "bulk"], help="run only the propagation or the bulk figures")
+    p.add_argument("--read-size", type=int, default=1 << 20, help="bytes per read in the two-process bulk sinks")
+    p.add_argument("--profile", default="", help="--only bulk: cProfile the two-process sender and sink")
     p.add_argument("--start-at", type=float, default=0.0)
     p.add_argument("--slot", type=int, default=0)
     p.add_argument("--publishes", type=int, default=3)
