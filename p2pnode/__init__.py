@@ -7,7 +7,8 @@ Layout (folders are capabilities; see ../shared/DESIGN.md for the wire contract)
 * ``store``     SQLite state, fsynced before money is acknowledged
 * ``config``    TOML node configuration
 * ``net/``      libp2p host, gossip validators, discovery
-* ``market/``   offers and the offer book, negotiation, pricing, reputation
+* ``market/``   offers and the offer book, /iog/job negotiation, the provider and renter sides of a job,
+                agreements, pricing, reputation, arbiter + evidence, the one-machine devnet
 * ``compute/``  devices, capacity attestation, verified job kinds, sandbox
 * ``chain/``    Solana RPC under trio, localnet, genesis, emission, stake, payment channels, rewards
 * ``provider``, ``renter``, ``operator``  the three roles composed from the above
@@ -46,6 +47,8 @@ __all__ = [
     "BadSignature",
     "BootstrapNode",
     "LightClient",
+    "NoProvider",
+    "Refused",
     "RentOutcome",
     "Renter",
     "Wanted",
@@ -98,6 +101,7 @@ _LAZY_CHAIN_RPC = {"BlockhashExpired", "ChainClient", "ChainError", "ConfirmTime
 # The roles pull in libp2p (~0.7 s): imported on first use. None of them imports torch.
 _LAZY_NET = {"LightClient": "renter", "ProviderNode": "provider", "BootstrapNode": "operator",
              "Renter": "market.renter_jobs", "RentOutcome": "market.renter_jobs", "Wanted": "market.reputation",
+             "NoProvider": "market.renter_jobs", "Refused": "market.negotiation",
              "JobSpec": "compute.jobs",
              "OfferBook": "market.book", "OfferValidator": "market.offers", "NetNode": "net.node"}
 
