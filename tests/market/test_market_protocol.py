@@ -168,6 +168,20 @@ def flip_one_entry(result):
     return replace(result, outputs=[c.astype("<f4").tobytes(), *result.outputs[1:]])
 
 
+async def in_process_provider(net, name: str, price: int, device_names: list[str], *, stake: bool = True, **kw):
+    """A provider in this process (so a test can reach into it), funded with 500 IO and, if `stake`, staked."""
+    ident = Identity.generate()
+    async with ChainClient(net.rpc_url, timeout_s=20) as client:
+        await client.airdrop(ident.solana_keypair().pubkey(), 2 * 10**9)
+        await give_io(client, net.params, [o.solana_keypair() for o in net.ops], ident.address, 500 * IO)
+        if stake:
+            await deposit(client, ident.solana_keypair(), net.params, required_stake(net.params, ["cpu"] * len(
+                device_names)))
+    home = net._write_home(name, ident, price=price, bootstrap=net.seed_addr)
+    devices = [Device(kind="cpu", name=n, mem_bytes=4 << 30) for n in device_names]
+    return ident, ProviderNode(load_config(home=home), identity=ident, devices=devices, **kw)
+
+
 class _Running:
     def __init__(self, node) -> None:
         self.node, self.scope, self.done = node, trio.CancelScope(), trio.Event()
@@ -185,13 +199,8 @@ class _Running:
 @pytest.mark.timeout(240)
 async def test_unstaked_refused_then_wrong_result_is_caught_reported_and_slashed(market_net):
     net = market_net
-    ident = Identity.generate()
-    async with ChainClient(net.rpc_url, timeout_s=20) as client:
-        await client.airdrop(ident.solana_keypair().pubkey(), 2 * 10**9)
-        await give_io(client, net.params, [o.solana_keypair() for o in net.ops], ident.address, 500 * IO)
-    home = net._write_home("cheater", ident, price=30 * IO, bootstrap=net.seed_addr)
-    cheater = ProviderNode(load_config(home=home), identity=ident, job_tamper=flip_one_entry,
-                           devices=[Device(kind="cpu", name="cheater cpu", mem_bytes=4 << 30)])
+    ident, cheater = await in_process_provider(net, "cheater", 30 * IO, ["cheater cpu"], stake=False,
+                                               job_tamper=flip_one_entry)
     renter = await new_renter(net, "renter-victim")
     watch_home = net._write_home("watcher", Identity.generate(), bootstrap=net.seed_addr)
     watcher = LightClient(load_config(home=watch_home).net, identity=Identity.generate())
@@ -271,14 +280,7 @@ async def test_a_two_device_provider_runs_two_jobs_at_once_and_republishes_capac
     from .renter_proc import attest_job
 
     net = market_net
-    ident = Identity.generate()
-    async with ChainClient(net.rpc_url, timeout_s=20) as client:
-        await client.airdrop(ident.solana_keypair().pubkey(), 2 * 10**9)
-        await give_io(client, net.params, [o.solana_keypair() for o in net.ops], ident.address, 500 * IO)
-        await deposit(client, ident.solana_keypair(), net.params, required_stake(net.params, ["cpu", "cpu"]))
-    home = net._write_home("twin", ident, price=20 * IO, bootstrap=net.seed_addr)
-    twin = ProviderNode(load_config(home=home), identity=ident,
-                        devices=[Device(kind="cpu", name=f"twin cpu {i}", mem_bytes=4 << 30) for i in range(2)])
+    ident, twin = await in_process_provider(net, "twin", 20 * IO, ["twin cpu 0", "twin cpu 1"])
     offered: list[int] = []  # free devices in every offer the node published
     held: list[int] = []  # devices held (quoted or running) at every capacity change
     publish = twin.publisher.publish_now
