@@ -128,7 +128,11 @@ async def test_provider_serves_operator_refuses_stranger_one_at_a_time_and_survi
 
         from p2pnode.wire import frame
 
-        stream = await op.net.host.new_stream(ID.from_base58(prov_id.peer_id), [PROTOCOL_ID])
+        from p2pnode.net.host import peer_info
+
+        with trio.fail_after(10):  # the book knows the provider; the peerstore may not have its address yet
+            await op.net.host.connect(peer_info(prov.addrs()[0]))
+            stream = await op.net.host.new_stream(ID.from_base58(prov_id.peer_id), [PROTOCOL_ID])
         await stream.write(frame(b"\x93not an envelope"))
         with trio.move_on_after(5):
             try:
