@@ -109,9 +109,6 @@ class JobService:
 
     # --- capacity ------------------------------------------------------------------------------------------
 
-    def free_devices(self) -> list[Device]:
-        return [s.device for s in self.slots if s.holder is None]
-
     def offer_devices(self) -> list[Device]:
         """What the offer lists: every device in a stable order, marked busy while it runs a job, with its latest
         passed attestation (speed, when, by whom) so renters can rank by attested capacity."""
