@@ -302,23 +302,20 @@ class AttestServer:
         self.stats = AttestStats()
         self.verdicts: list[Signed[Attestation]] = []  # the latest few, for status and tests
         self.warmed = trio.Event()  # torch imported and every device touched (or that failed)
-        self._nursery: trio.Nursery | None = None
 
     async def run(self, host: Any, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        from ..net.host import handing_to
+
         async with trio.open_nursery() as nursery:
-            self._nursery = nursery
             # import torch and touch each device in the background: the verifier's clock starts when it sends the
             # challenge, and an import under load takes seconds. Done when operators will challenge us (network
             # known) or torch is loaded anyway (devices detected); a network-less node given its devices starts
             # as light as before and warms on its first challenge.
             if self.operators is not None or "torch" in sys.modules:
                 nursery.start_soon(self.warm)
-            host.set_stream_handler(PROTOCOL_ID, self._handle)
+            host.set_stream_handler(PROTOCOL_ID, handing_to(nursery, self._serve))
             task_status.started()
-            try:
-                await trio.sleep_forever()
-            finally:
-                self._nursery = None
+            await trio.sleep_forever()
 
     async def warm(self) -> None:
         """Import torch and touch every device (in a worker thread); sets :attr:`warmed`."""
@@ -329,14 +326,6 @@ class AttestServer:
             log.warning("attestation prover could not warm up: %s: %s", type(exc).__name__, exc)
         finally:
             self.warmed.set()
-
-    async def _handle(self, stream: Any) -> None:
-        """Hand the stream to our own nursery (py-libp2p's handler task is not ours to keep)."""
-        if self._nursery is None:
-            with trio.move_on_after(1):
-                await stream.reset()
-            return
-        self._nursery.start_soon(self._serve, stream)
 
     def _check(self, remote: str, signed: Signed[AttestChallenge]) -> int:
         """Every rule a challenge must pass before the device is taken; returns the device index taken."""

@@ -255,7 +255,7 @@ async def run_job(spec: JobSpec, inputs: list[bytes], device: str = "cpu", limit
             worker = await Worker.start(nursery, device, isolate=isolate)
         except (OSError, trio.TooSlowError, FrameError, MalformedMessage) as exc:
             return JobResult("crashed", message=f"worker did not start: {exc}")
-        return await _run_on(worker, {"task": "job", "spec": pack(spec.to_wire())}, inputs, limits, progress)
+        return await _run_on(worker, {"task": "job", "spec": spec.encode()}, inputs, limits, progress)
 
 
 async def probe_network(host: str, port: int, *, isolate: bool | None = None) -> JobResult:
@@ -327,7 +327,7 @@ class WorkerPool:
         if scope.cancelled_caught:
             return JobResult("crashed", message="no worker became ready")
         try:
-            return await _run_on(worker, {"task": "job", "spec": pack(spec.to_wire())}, inputs, limits, progress)
+            return await _run_on(worker, {"task": "job", "spec": spec.encode()}, inputs, limits, progress)
         finally:
             # Replace it after the job: a torch import running beside the job would steal its CPU.
             self._nursery.start_soon(self._spawn, device)

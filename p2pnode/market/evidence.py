@@ -267,9 +267,11 @@ class ArbiterService:
 
     async def run(self, host: Any, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         self.host = host
+        from ..net.host import handing_to
+
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            host.set_stream_handler(ARBITER_PROTOCOL, self._handle)
+            host.set_stream_handler(ARBITER_PROTOCOL, handing_to(nursery, self._serve))
             if self.gossip is not None:
                 await self.gossip.add_topic(EvidenceTopic(self.params), self._on_gossip)
             task_status.started()
@@ -277,11 +279,6 @@ class ArbiterService:
                 await trio.sleep_forever()
             finally:
                 self._nursery = None
-
-    async def _handle(self, stream: Any) -> None:
-        if self._nursery is None:
-            return
-        self._nursery.start_soon(self._serve, stream)
 
     async def _serve(self, stream: Any) -> None:
         fs = FramedStream(stream)

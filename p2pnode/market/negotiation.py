@@ -38,7 +38,7 @@ from ..compute.blobs import BlobRef
 from ..compute.jobs import JobSpec
 from ..errors import ProtocolError
 from ..identity import Identity, solana_address
-from ..wire import (KiB, Device, FramedStream, Message, SchemaError, Signed, WireError, bounded, message, pack)
+from ..wire import KiB, Device, FramedStream, Message, SchemaError, Signed, WireError, bounded, message
 
 JOB_PROTOCOL = "/iog/job/1.0.0"
 REQ_ID_LEN = 16
@@ -184,7 +184,7 @@ class JobSettled(Message):
 
 def spec_digest(spec: JobSpec) -> bytes:
     """What a quote commits to: sha256 of the spec's canonical msgpack (kind, params, input refs)."""
-    return hashlib.sha256(pack(spec.to_wire())).digest()
+    return hashlib.sha256(spec.encode()).digest()
 
 
 def signer_address(signed: Signed[Any]) -> str:

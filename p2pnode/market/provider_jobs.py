@@ -104,7 +104,6 @@ class JobService:
         self.store.ensure_schemas()  # tables registered by modules imported after the store opened
         self.stats = JobStats()
         self._stake_ok_until = 0.0
-        self._nursery: trio.Nursery | None = None
         self._pool: Any = None
 
     # --- capacity ------------------------------------------------------------------------------------------
@@ -112,7 +111,7 @@ class JobService:
     def offer_devices(self) -> list[Device]:
         """What the offer lists: every device in a stable order, marked busy while it runs a job, with its latest
         passed attestation (speed, when, by whom) so renters can rank by attested capacity."""
-        attested = latest_attestations(self.store, self.identity.peer_id)
+        attested = latest_attestations(self.store, self.identity.peer_id, len(self.slots))
         out = []
         for i, s in enumerate(self.slots):
             a = attested.get(i)
@@ -136,17 +135,15 @@ class JobService:
     # --- lifecycle -----------------------------------------------------------------------------------------
 
     async def run(self, host: Any, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        from ..net.host import handing_to
+
         async with trio.open_nursery() as nursery:
-            self._nursery = nursery
             if self._runner is None:
                 await nursery.start(self._hold_pool)
-            host.set_stream_handler(JOB_PROTOCOL, self._handle)
+            host.set_stream_handler(JOB_PROTOCOL, handing_to(nursery, self._serve))
             nursery.start_soon(self._settle_loop)
             task_status.started()
-            try:
-                await trio.sleep_forever()
-            finally:
-                self._nursery = None
+            await trio.sleep_forever()
 
     async def _hold_pool(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """The sandbox's warm workers live exactly as long as this task (a nursery must not cross tasks)."""
@@ -177,14 +174,6 @@ class JobService:
 
     def _active(self, job_id: bytes) -> bool:
         return any(s.holder == job_id for s in self.slots)
-
-    async def _handle(self, stream: Any) -> None:
-        """Hand the stream to our own nursery (py-libp2p's handler task is not ours to keep)."""
-        if self._nursery is None:
-            with trio.move_on_after(1):
-                await stream.reset()
-            return
-        self._nursery.start_soon(self._serve, stream)
 
     # --- one job -------------------------------------------------------------------------------------------
 
@@ -373,7 +362,7 @@ class _Job:
             raise Refused("expired", "the quote expired before it was accepted")
         # the agreement is on disk before anything acts on it
         svc.agreements.create(job_id=job_id, role="provider", peer=renter, kind=req.spec.kind, price=price,
-                              deposit=deposit, quote=quote_raw, spec=seal_spec(req.spec))
+                              deposit=deposit, quote=quote_raw, spec=req.spec.encode())
         self.agreement = a
         fund = await js.recv(EscrowFunded, timeout_s=m.fund_timeout_s)
         if fund.message.job_id != job_id:
@@ -555,15 +544,21 @@ class _Job:
             svc._release(self.slot)
 
 
-def latest_attestations(store: Store, peer_id: str) -> dict[int, Any]:
-    """device index -> the newest passed attestation of this provider that the node has seen (gossip or its own)."""
+LATEST_ATTESTATIONS_SCAN = 256  # newest passed attestations read per offer: the history grows every epoch
+
+
+def latest_attestations(store: Store, peer_id: str, devices: int) -> dict[int, Any]:
+    """device index -> the newest passed attestation of this provider that the node has seen (gossip or its own).
+
+    Runs on every offer publish, so it reads newest first and stops once each of the `devices` has one.
+    """
     from ..compute.attest import Attestation
     from ..wire import open_envelope
 
     out: dict[int, Any] = {}
     try:
-        rows = store.query("SELECT envelope FROM attestations WHERE provider = ? AND passed = 1 ORDER BY time",
-                           (peer_id,))
+        rows = store.query("SELECT envelope FROM attestations WHERE provider = ? AND passed = 1 "
+                           "ORDER BY time DESC LIMIT ?", (peer_id, LATEST_ATTESTATIONS_SCAN))
     except Exception:  # no attestation table yet (a node that never validated one)
         return out
     for row in rows:
@@ -571,14 +566,10 @@ def latest_attestations(store: Store, peer_id: str) -> dict[int, Any]:
             a = open_envelope(bytes(row[0]), Attestation).message
         except Exception:
             continue
-        out[a.device_index] = a
+        out.setdefault(a.device_index, a)
+        if len(out) >= devices:
+            break
     return out
-
-
-def seal_spec(spec: JobSpec) -> bytes:
-    from ..wire import pack
-
-    return pack(spec.to_wire())
 
 
 def _peek_kind(raw: bytes) -> str | None:

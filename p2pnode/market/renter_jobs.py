@@ -32,7 +32,7 @@ from ..identity import Identity, public_key_from_peer_id, solana_address
 from ..store import Store
 from ..wire import Offer, WireError
 from . import pricing
-from .agreements import Agreements
+from .agreements import FINAL, Agreements
 from .negotiation import (JOB_PROTOCOL, EscrowFunded, JobAccept, JobProgress, JobQuote, JobRequest, JobResultMsg,
                           JobSettled, JobStream, JobVerdict, NegotiationError, PeerTimeout, Refused, VoucherAck,
                           spec_digest)
@@ -289,10 +289,9 @@ class Renter:
         return keys[0]
 
     def _abandon(self, job: "_RenterJob", why: str) -> None:
-        if job.agreement is not None and self.agreements.get(job.agreement.job_id) is not None:
-            row = self.agreements.get(job.agreement.job_id)
-            if row is not None and row.state not in ("settled", "refunded", "closed", "failed"):
-                self.agreements.update(job.agreement.job_id, state="abandoned", detail=why[:500])
+        row = self.agreements.get(job.agreement.job_id) if job.agreement is not None else None
+        if row is not None and row.state not in FINAL:
+            self.agreements.update(row.job_id, state="abandoned", detail=why[:500])
 
     # --- refunds -------------------------------------------------------------------------------------------
 
@@ -400,7 +399,7 @@ class _RenterJob:
         self.quote, self.agreement = quote, a
         r._live.add(a.job_id)
         r.agreements.create(job_id=a.job_id, role="renter", peer=self.offer.peer_id, kind=self.spec.kind,
-                            price=quote.price, deposit=a.deposit, quote=signed.raw, spec=_pack_spec(self.spec))
+                            price=quote.price, deposit=a.deposit, quote=signed.raw, spec=self.spec.encode())
         await js.send(JobAccept(quote=signed.raw))
         self._mark("accept")
         r.progress("negotiation", f"agreed: {quote.price} per device-hour, deposit {a.deposit}, job {a.job_id.hex()[:8]}")
@@ -591,12 +590,6 @@ class _RenterJob:
     def quote_raw(self) -> bytes:
         row = self.r.agreements.get(self.agreement.job_id)
         return row.quote
-
-
-def _pack_spec(spec: JobSpec) -> bytes:
-    from ..wire import pack
-
-    return pack(spec.to_wire())
 
 
 __all__ = ["Attempt", "NoProvider", "Renter", "RentOutcome"]

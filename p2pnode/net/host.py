@@ -8,11 +8,12 @@ forget one of them.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import socket
+from typing import Any
 
 import multiaddr
 import trio
@@ -106,6 +107,24 @@ def build_host(identity: Identity, settings: HostSettings):
         addrs_factory=addrs_factory,
     )
     return host, listen
+
+
+def handing_to(nursery: trio.Nursery, serve: Callable[[Any], Awaitable[None]]) -> Callable[[Any], Awaitable[None]]:
+    """A stream handler that hands each stream to `nursery`: py-libp2p's handler task is not ours to keep, the
+    service's nursery owns (and cancels) the work. Once that nursery has closed — the service stopped — new
+    streams are reset."""
+
+    async def handle(stream: Any) -> None:
+        try:
+            nursery.start_soon(serve, stream)
+        except RuntimeError:  # "Nursery is closed to new arrivals"
+            with trio.move_on_after(1):
+                try:
+                    await stream.reset()
+                except Exception:
+                    pass
+
+    return handle
 
 
 @asynccontextmanager

@@ -41,6 +41,10 @@ class JobSpec(Record):
     def make(cls, kind: str, params: Record, inputs: list[bytes] = ()) -> "JobSpec":
         return cls(kind=kind, params=pack(params.to_wire()), inputs=[BlobRef.of(b) for b in inputs])
 
+    def encode(self) -> bytes:
+        """The canonical bytes: what the sandbox child receives, what a quote's hash commits to, what stores keep."""
+        return pack(self.to_wire())
+
     def decode_params(self) -> Record:
         return KINDS[self.kind].spec_type.from_wire(unpack(self.params, max_size=MAX_PARAMS), where=self.kind)
 
