@@ -65,6 +65,15 @@ async def ensure_provider(net: Devnet, i: int) -> None:
         await wait_for_line(child, _LISTENING, 90)
 
 
+async def start_round(net: Devnet, renter_name: str):
+    """Both providers up, a funded renter, the jobs already on the providers' books, everyone's IO before."""
+    for i in range(1, net.providers + 1):
+        await ensure_provider(net, i)
+    renter = await new_renter(net, renter_name)
+    before = await balances(net, renter.address, *(provider_address(net, i) for i in range(1, net.providers + 1)))
+    return renter, all_jobs(net), before
+
+
 async def warp_past(net: Devnet, deadline: int) -> None:
     async with ChainClient(net.rpc_url, timeout_s=10) as c:
         await c.warp_clock(deadline - await c.unix_time() + 5)
@@ -116,11 +125,7 @@ async def test_provider_killed_mid_job_renter_retries_and_refunds_with_arbiter(m
 @pytest.mark.timeout(300)
 async def test_provider_restarted_settles_what_is_on_disk(market_net):
     net = market_net
-    for i in (1, 2):
-        await ensure_provider(net, i)
-    renter = await new_renter(net, "renter-pr")
-    seen = all_jobs(net)
-    before = await balances(net, renter.address, *(provider_address(net, i) for i in (1, 2)))
+    renter, seen, before = await start_round(net, "renter-pr")
     async with renter.running(background_refunds=False):
         await renter.wait_for_offers(WANT, count=2, timeout=30)
         killed: dict = {}
@@ -149,11 +154,7 @@ async def test_provider_restarted_settles_what_is_on_disk(market_net):
 @pytest.mark.timeout(300)
 async def test_renter_killed_mid_job_provider_settles_latest_voucher(market_net):
     net = market_net
-    for i in (1, 2):
-        await ensure_provider(net, i)
-    renter = await new_renter(net, "renter-rk")  # its home; the Renter object only seeds the funds
-    seen = all_jobs(net)
-    before = await balances(net, renter.address, *(provider_address(net, i) for i in (1, 2)))
+    renter, seen, before = await start_round(net, "renter-rk")  # its home; the Renter object only seeds the funds
     home = net.home("renter-rk")
     log = open(Path(home) / "renter.log", "wb")
     proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("renter_proc.py")), str(home),
@@ -187,11 +188,7 @@ async def test_renter_killed_mid_job_provider_settles_latest_voucher(market_net)
 @pytest.mark.timeout(300)
 async def test_chain_rpc_outage_mid_job_loses_nothing(market_net):
     net = market_net
-    for i in (1, 2):
-        await ensure_provider(net, i)
-    renter = await new_renter(net, "renter-rpc")
-    seen = all_jobs(net)
-    before = await balances(net, renter.address, *(provider_address(net, i) for i in (1, 2)))
+    renter, seen, before = await start_round(net, "renter-rpc")
     running: dict = {}
     async with renter.running(background_refunds=False):
         async with trio.open_nursery() as nursery:

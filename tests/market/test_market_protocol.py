@@ -34,6 +34,7 @@ from p2pnode.provider import ProviderNode
 from p2pnode.renter import LightClient
 from p2pnode.wire import Device, pack, signing_payload
 
+from ..net.conftest import start  # a node run in its own task, stopped with the test
 from .conftest import new_renter, provider_jobs, provider_peer
 
 WANT = Wanted(max_s=60)
@@ -182,20 +183,6 @@ async def in_process_provider(net, name: str, price: int, device_names: list[str
     return ident, ProviderNode(load_config(home=home), identity=ident, devices=devices, **kw)
 
 
-class _Running:
-    def __init__(self, node) -> None:
-        self.node, self.scope, self.done = node, trio.CancelScope(), trio.Event()
-
-    async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        try:
-            with self.scope:
-                async with self.node.running():
-                    task_status.started(self)
-                    await trio.sleep_forever()
-        finally:
-            self.done.set()
-
-
 @pytest.mark.timeout(240)
 async def test_unstaked_refused_then_wrong_result_is_caught_reported_and_slashed(market_net):
     net = market_net
@@ -208,8 +195,8 @@ async def test_unstaked_refused_then_wrong_result_is_caught_reported_and_slashed
     want = Wanted(gpu="cheater", max_s=60)
 
     async with trio.open_nursery() as nursery:
-        await nursery.start(_Running(cheater).run)
-        await nursery.start(_Running(watcher).run)
+        await start(nursery, cheater)
+        await start(nursery, watcher)
         await watcher.net.gossip.add_topic(EvidenceTopic(net.params), lambda signed, msg: seen_evidence.append(signed))
         async with renter.running(background_refunds=False):
             # no stake yet: a typed refusal, nothing agreed
@@ -306,7 +293,7 @@ async def test_a_two_device_provider_runs_two_jobs_at_once_and_republishes_capac
             outcomes.append(await r.rent(attest_job(1500), [], want, busy_wait_s=0))
 
     async with trio.open_nursery() as nursery:
-        await nursery.start(_Running(twin).run)
+        await start(nursery, twin)
         async with trio.open_nursery() as jobs:
             for r in renters:
                 jobs.start_soon(one, r)

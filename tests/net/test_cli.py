@@ -9,14 +9,12 @@ line on stderr with exit code 2, never a traceback.
 from __future__ import annotations
 
 import json
-import os
 import select
 import signal
 import stat
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 

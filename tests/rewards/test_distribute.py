@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-import trio
 
 from p2pnode.chain import token
 from p2pnode.chain.rewards import RewardEntry, split

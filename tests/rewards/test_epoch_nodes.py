@@ -34,6 +34,8 @@ from p2pnode.provider import ProviderNode
 from p2pnode.store import Store
 from p2pnode.wire import Device, open_envelope
 
+from ..net.conftest import eventually, start
+
 log = logging.getLogger(__name__)
 
 CPU = [Device(kind="cpu", name="test cpu", mem_bytes=8 << 30)]
@@ -71,26 +73,6 @@ def _network_json(home: Path, operators: list[Identity]) -> None:
                   rewards_pool=filler, deployer=filler, epoch_s=EPOCH_S).save(home / "network.json")
 
 
-class _Running:
-    def __init__(self, node) -> None:
-        self.node = node
-        self.scope = trio.CancelScope()
-
-    async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        with self.scope:
-            async with self.node.running():
-                task_status.started(self.node)
-                await trio.sleep_forever()
-
-
-async def _eventually(pred, timeout: float = 15.0) -> bool:
-    with trio.move_on_after(timeout):
-        while not pred():
-            await trio.sleep(0.1)
-        return True
-    return False
-
-
 async def test_provider_serves_operator_refuses_stranger_one_at_a_time_and_survives_garbage(tmp_path):
     """Provider with a network.json: an operator's challenges pass (two at once: one is told busy, retried); a
     stranger gets NotAnOperator; garbage on the stream is dropped; verdicts reach the provider's store by gossip."""
@@ -99,18 +81,18 @@ async def test_provider_serves_operator_refuses_stranger_one_at_a_time_and_survi
     prov_home, prov_id = _home(tmp_path, "provider")
     _network_json(prov_home, [op_id])
     async with trio.open_nursery() as nursery:
-        seed = await nursery.start(_Running(BootstrapNode(_cfg(seed_home), identity=seed_id)).run)
+        seed = (await start(nursery, BootstrapNode(_cfg(seed_home), identity=seed_id))).node
         addr = seed.addrs()[0]
-        prov = await nursery.start(_Running(ProviderNode(_cfg(prov_home, [addr]), identity=prov_id, devices=CPU,
-                                                         jobs=False)).run)
+        prov = (await start(nursery, ProviderNode(_cfg(prov_home, [addr]), identity=prov_id, devices=CPU,
+                                                         jobs=False))).node
         assert prov.attest.operators == operator_peer_ids(prov.params)
         with trio.fail_after(60):
             await prov.attest.warmed.wait()  # torch imported: a challenge's deadline is not for imports
         op_home, _ = _home(tmp_path, "op")
-        op = await nursery.start(_Running(BootstrapNode(_cfg(op_home, [addr]), identity=op_id)).run)
+        op = (await start(nursery, BootstrapNode(_cfg(op_home, [addr]), identity=op_id))).node
         st_home, _ = _home(tmp_path, "stranger")
-        stranger = await nursery.start(_Running(BootstrapNode(_cfg(st_home, [addr]), identity=stranger_id)).run)
-        assert await _eventually(lambda: op.book.get(prov_id.peer_id) is not None
+        stranger = (await start(nursery, BootstrapNode(_cfg(st_home, [addr]), identity=stranger_id))).node
+        assert await eventually(lambda: op.book.get(prov_id.peer_id) is not None
                                  and stranger.book.get(prov_id.peer_id) is not None, 30)
         policy = LENIENT
         op_store = Store(tmp_path / "op-duties.db")
@@ -142,7 +124,7 @@ async def test_provider_serves_operator_refuses_stranger_one_at_a_time_and_survi
                 pass
         with trio.move_on_after(1):
             await stream.close()
-        assert await _eventually(lambda: sum(prov.attest.stats.errors.values()) == 1, 5), prov.attest.stats
+        assert await eventually(lambda: sum(prov.attest.stats.errors.values()) == 1, 5), prov.attest.stats
 
         # two challenges at the same instant: one device, one at a time — the second is told busy and retries
         async with trio.open_nursery() as n:
@@ -152,11 +134,11 @@ async def test_provider_serves_operator_refuses_stranger_one_at_a_time_and_survi
             [o.attestation.reason for o in challenger.outcomes]
         assert prov.attest.stats.refused["busy"] >= 1 and challenger.busy_retries >= 1, prov.attest.stats
         # the provider reads each verdict after the verifier sent it: it may trail the challenger by a moment
-        assert await _eventually(lambda: prov.attest.stats.passed == 2 and not prov.attest.busy, 10), \
+        assert await eventually(lambda: prov.attest.stats.passed == 2 and not prov.attest.busy, 10), \
             prov.attest.stats
         # recorded by the operator and, through the verdict and /iog/attest/1 gossip, by the provider
         assert len(op_store.query("SELECT 1 FROM attestations WHERE passed = 1")) == 2
-        assert await _eventually(lambda: len(prov.store.query("SELECT 1 FROM attestations")) == 2, 10)
+        assert await eventually(lambda: len(prov.store.query("SELECT 1 FROM attestations")) == 2, 10)
         assert len(seed.net.gossip.topic_peers("/iog/attest/1")) >= 2  # every role subscribed
         nursery.cancel_scope.cancel()
 
@@ -176,13 +158,13 @@ async def test_busy_refusal_carries_proof_and_is_typed_when_unproven(tmp_path):
     seed_home, seed_id = _home(tmp_path, "seed")
     prov_home, prov_id = _home(tmp_path, "provider")  # no network.json: anyone may challenge
     async with trio.open_nursery() as nursery:
-        seed = await nursery.start(_Running(BootstrapNode(_cfg(seed_home), identity=seed_id)).run)
-        prov = await nursery.start(_Running(ProviderNode(_cfg(prov_home, [seed.addrs()[0]]), identity=prov_id,
-                                                         devices=CPU, attest_prover=_SlowSetup)).run)
+        seed = (await start(nursery, BootstrapNode(_cfg(seed_home), identity=seed_id))).node
+        prov = (await start(nursery, ProviderNode(_cfg(prov_home, [seed.addrs()[0]]), identity=prov_id,
+                                                         devices=CPU, attest_prover=_SlowSetup))).node
         assert prov.attest.operators is None and prov.jobs is None
         with trio.fail_after(60):
             await prov.attest.warm()  # a network-less node warms on demand
-        assert await _eventually(lambda: seed.book.get(prov_id.peer_id) is not None, 30)
+        assert await eventually(lambda: seed.book.get(prov_id.peer_id) is not None, 30)
         patient = Challenger(seed.net, seed_id, Store(tmp_path / "a.db"), policy=LENIENT)
         trusting = Challenger(seed.net, seed_id, Store(tmp_path / "b.db"), policy=LENIENT, busy_wait_s=0,
                               operators={seed_id.peer_id})
@@ -199,7 +181,7 @@ async def test_busy_refusal_carries_proof_and_is_typed_when_unproven(tmp_path):
 
         async with trio.open_nursery() as n:
             n.start_soon(run, "patient", patient)
-            assert await _eventually(lambda: 0 in prov.attest.busy, 10)  # the patient one holds the device
+            assert await eventually(lambda: 0 in prov.attest.busy, 10)  # the patient one holds the device
             n.start_soon(run, "trusting", trusting)
             n.start_soon(run, "strict", strict)
         assert results["patient"] == "ok" and patient.outcomes[0].attestation.passed
