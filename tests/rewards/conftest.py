@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import hashlib
+import os
 
 import pytest
 
 from p2pnode.chain.rewards import EpochClock, Observation, StakeState
+from p2pnode.chain.network import NetworkParams
+from p2pnode.compute.attest import Attestation, record_attestation
 from p2pnode.identity import Identity
+from p2pnode.wire import Device, open_envelope, seal
 
 
 def ident(i: int) -> Identity:
@@ -116,3 +120,25 @@ async def world(localnet):
                   operators=operators, threshold=2, payer=payer, distributor=distributor)
     yield w
     await rpc.close()
+
+
+EPOCH_S = 10  # devnet-length epochs for the operator-service tests
+GENESIS = 1_700_000_000
+
+
+def params_for(w, operators, *, threshold: int):
+    """network.json for a PoolWorld: these operators, this quorum, `EPOCH_S` epochs from `GENESIS`."""
+    return NetworkParams(cluster="localnet", rpc_url=w.url, genesis_time=GENESIS, mint=str(w.pool.mint),
+                         operators=[o.address for o in operators], threshold=threshold, multisig=str(w.pool.multisig),
+                         treasury=str(w.pool.pool), rewards_pool=str(w.pool.pool), deployer=str(w.payer.pubkey()),
+                         stake_per_device=0, epoch_s=EPOCH_S).validate()
+
+
+def attest(store, verifier, provider, *, at, passed=True, tflops=2.0):
+    """A signed attestation of `provider`'s cpu device by `verifier`, stored as gossip would store it."""
+    att = Attestation(provider=provider.peer_id, device=Device(kind="cpu", name="cpu", mem_bytes=2**30),
+                      device_index=0, tflops=tflops, challenge=os.urandom(32), passed=passed,
+                      verifier=verifier.peer_id, time=at)
+    raw = seal(att, verifier)
+    record_attestation(store, open_envelope(raw, Attestation))
+    return raw

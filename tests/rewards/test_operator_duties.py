@@ -19,25 +19,7 @@ from p2pnode.operator_epochs import EpochService
 from p2pnode.store import Store
 from p2pnode.wire import Device, open_envelope, seal
 
-EPOCH_S = 10
-GENESIS = 1_700_000_000
-
-
-def params_for(w, operators):
-    return NetworkParams(cluster="localnet", rpc_url=w.url, genesis_time=GENESIS, mint=str(w.pool.mint),
-                         operators=[o.address for o in operators], threshold=2, multisig=str(w.pool.multisig),
-                         treasury=str(w.pool.pool), rewards_pool=str(w.pool.pool), deployer=str(w.payer.pubkey()),
-                         stake_per_device=0, epoch_s=EPOCH_S).validate()
-
-
-def attest(store, verifier, provider, *, at, passed=True, tflops=2.0):
-    att = Attestation(provider=provider.peer_id, device=Device(kind="cpu", name="cpu", mem_bytes=2**30),
-                      device_index=0, tflops=tflops, challenge=os.urandom(32), passed=passed,
-                      verifier=verifier.peer_id, time=at)
-    raw = seal(att, verifier)
-    record_attestation(store, open_envelope(raw, Attestation))
-    return raw
-
+from .conftest import EPOCH_S, GENESIS, attest, params_for
 
 async def io_of(w, idents):
     accs = await _accounts(w.rpc, [token.ata(i.solana_keypair().pubkey(), w.pool.mint) for i in idents])
@@ -47,7 +29,7 @@ async def io_of(w, idents):
 async def test_unanswered_challenges_count_as_issued_and_not_answered(world, h, tmp_path):
     w = world
     op = h.ident(700)
-    params = params_for(w, [op, h.ident(701)])
+    params = params_for(w, [op, h.ident(701)], threshold=2)
     store = Store(tmp_path / "op.db")
     flaky, steady, gone = h.ident(10), h.ident(11), h.ident(12)
     e = 2
@@ -91,7 +73,7 @@ async def test_unanswered_challenges_count_as_issued_and_not_answered(world, h, 
 async def test_only_the_pools_delegate_pays_and_the_quorum_moves_the_duty(world, h, tmp_path):
     w = world
     op_a, op_b, outsider = h.ident(710), h.ident(711), h.ident(712)
-    params = params_for(w, [op_a, op_b])
+    params = params_for(w, [op_a, op_b], threshold=2)
     providers = [h.ident(20), h.ident(21), h.ident(22)]
     stores = {o.address: Store(tmp_path / f"{o.address}.db") for o in (op_a, op_b)}
     for o in (op_a, op_b):  # both operators saw the same attestations (gossip), signed by op_a
@@ -135,7 +117,7 @@ async def test_only_the_pools_delegate_pays_and_the_quorum_moves_the_duty(world,
 async def test_an_operator_closes_its_own_manifest_even_if_anothers_arrived_first(world, h, tmp_path):
     w = world
     op_a, op_b = h.ident(720), h.ident(721)
-    params = params_for(w, [op_a, op_b])
+    params = params_for(w, [op_a, op_b], threshold=2)
     p = h.ident(30)
     store_a, store_b = Store(tmp_path / "a.db"), Store(tmp_path / "b.db")
     attest(store_a, op_a, p, at=GENESIS + 5 * EPOCH_S + 1)

@@ -3,12 +3,10 @@ signed manifests, pay in order, and two operators agree on the root."""
 
 from __future__ import annotations
 
-import os
 
 import pytest
 
 from p2pnode.chain.emission import hour_emission
-from p2pnode.chain.network import NetworkParams
 from p2pnode.chain.rewards_distribute import Distributor, approve_allowance
 from p2pnode.chain.rewards_gossip import RewardsTopic
 from p2pnode.chain.rewards_inputs import compute_allocation
@@ -17,32 +15,14 @@ from p2pnode.compute.attest import Attestation, record_attestation
 from p2pnode.net.gossip import GossipMessage
 from p2pnode.operator_epochs import EpochService
 from p2pnode.store import Store
-from p2pnode.wire import Device, open_envelope, seal
+from p2pnode.wire import open_envelope
 
-EPOCH_S = 10
-GENESIS = 1_700_000_000
-
-
-def params_for(w, operators):
-    return NetworkParams(cluster="localnet", rpc_url=w.url, genesis_time=GENESIS, mint=str(w.pool.mint),
-                         operators=[o.address for o in operators], threshold=1, multisig=str(w.pool.multisig),
-                         treasury=str(w.pool.pool), rewards_pool=str(w.pool.pool), deployer=str(w.payer.pubkey()),
-                         stake_per_device=0, epoch_s=EPOCH_S).validate()
-
-
-def attest(store, verifier, provider, *, at, passed=True, tflops=2.0):
-    att = Attestation(provider=provider.peer_id, device=Device(kind="cpu", name="cpu", mem_bytes=2**30),
-                      device_index=0, tflops=tflops, challenge=os.urandom(32), passed=passed,
-                      verifier=verifier.peer_id, time=at)
-    raw = seal(att, verifier)
-    record_attestation(store, open_envelope(raw, Attestation))
-    return raw
-
+from .conftest import EPOCH_S, GENESIS, attest, params_for
 
 async def test_service_closes_gossips_and_pays_epochs_in_order(world, h, tmp_path):
     w = world
     op, other_op, stranger = h.ident(500), h.ident(501), h.ident(502)
-    params = params_for(w, [op, other_op])
+    params = params_for(w, [op, other_op], threshold=1)
     providers = [h.ident(i) for i in range(3)]
     store_a, store_b = Store(tmp_path / "a.db"), Store(tmp_path / "b.db")
     e0 = 3
@@ -137,7 +117,7 @@ async def test_verify_and_earnings_commands(world, h, tmp_path):
 
     w = world
     op = h.ident(600)
-    params = params_for(w, [op])
+    params = params_for(w, [op], threshold=1)
     provider = h.ident(1)
     home = tmp_path / "home"
     home.mkdir()
