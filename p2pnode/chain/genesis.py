@@ -19,7 +19,6 @@ from solders.message import Message
 from solders.pubkey import Pubkey
 from solders.transaction import Transaction
 
-from ..config import IO
 from ..errors import UserError
 from ..identity import Identity
 from . import token as tk

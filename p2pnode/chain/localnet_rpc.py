@@ -29,7 +29,6 @@ from solders.rpc.responses import (
     GetTokenAccountBalanceResp,
     GetTransactionCountResp,
     GetVersionResp,
-    IsBlockhashValidResp,
     RequestAirdropResp,
     RpcBlockhash,
     RpcResponseContext,
@@ -48,7 +47,7 @@ from solders.transaction_status import (
     TransactionStatus,
 )
 
-from .localnet_state import MAX_PROCESSING_AGE, SIGNATURE_FEE, SLOTS_PER_EPOCH, BadTransaction, LocalChain, TxRejected
+from .localnet_state import SIGNATURE_FEE, SLOTS_PER_EPOCH, BadTransaction, LocalChain, TxRejected
 
 SOLANA_CORE_VERSION = "2.2.0"  # the API level these answers follow
 FEATURE_SET = 3294202862

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -361,7 +360,6 @@ class Prover:
 
     def y_at(self, t: int):
         """Recompute Y_t from the nearest saved Y mod 256 at or before t - 1."""
-        import torch
 
         start = max((c for c in self.saved if c < t), default=None)
         x = self.X0 if start is None else self.SBOX[self.saved[start].long()]

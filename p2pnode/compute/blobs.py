@@ -42,7 +42,7 @@ class BlobRef(Record):
     def hex(self) -> str:
         return self.sha256.hex()
 
-    def check_data(self, data: bytes) -> bytes:
+    def check_data(self, data: bytes | memoryview) -> bytes | memoryview:
         """Return `data` if it is this blob, else raise :class:`BlobError`."""
         if len(data) != self.size:
             raise BlobError(f"blob {self.hex[:16]}: {len(data)} bytes, declared {self.size}")
@@ -65,17 +65,24 @@ async def send_blob(fs: FramedStream, data: bytes) -> BlobRef:
     return BlobRef.of(data)
 
 
-async def receive_blob(fs: FramedStream, ref: BlobRef, *, max_size: int = DEFAULT_MAX_BLOB) -> bytes:
-    """Receive exactly the blob `ref` names; size checked before reading, hash after. Caller sets the deadline."""
+async def receive_blob(fs: FramedStream, ref: BlobRef, *, max_size: int = DEFAULT_MAX_BLOB,
+                       into: memoryview | None = None) -> memoryview:
+    """Receive exactly the blob `ref` names, into `into` (a writable buffer of ref.size bytes: a job's input file)
+    or a new buffer; size checked before reading, hash after. Caller sets the deadline."""
     if ref.size > max_size:
         raise OversizeMessage(f"blob {ref.hex[:16]} of {ref.size} bytes exceeds the {max_size}-byte limit")
-    buf = bytearray()
-    while len(buf) < ref.size:
+    buf = memoryview(bytearray(ref.size)) if into is None else into
+    if len(buf) != ref.size or buf.readonly:
+        raise ValueError(f"receive_blob needs a writable buffer of {ref.size} bytes")
+    got = 0
+    while got < ref.size:
         part = await fs.receive(max_size=MAX_CHUNK)
-        if not part or len(buf) + len(part) > ref.size:
+        if not part or got + len(part) > ref.size:
             raise BlobError(f"blob {ref.hex[:16]}: chunking does not add up to {ref.size} bytes")
-        buf += part
-    return ref.check_data(bytes(buf))
+        buf[got:got + len(part)] = part
+        got += len(part)
+    ref.check_data(buf)
+    return buf
 
 
 class BlobStore:

@@ -8,8 +8,9 @@ user namespaces; otherwise jobs run with network access and ``p2pnode devices`` 
 
 Start-up cost is torch's import (~1-2 s here), so :class:`WorkerPool` keeps one warm worker per device that has
 already imported torch and waits for its one task; taking it costs a pipe write, and a replacement starts in the
-background. Inputs and outputs move as files in the private directory; progress and the result as msgpack
-frames on the child's stdout. Any failure — crash, OOM, timeout, bad input — is a :class:`JobResult`, so the
+background. Inputs and outputs move as files in the job's private directory (:class:`JobFiles`, on /dev/shm when
+it has room) that both sides map, so a blob is never copied between node and child; progress and the result as
+msgpack frames on the child's stdout. Any failure — crash, OOM, timeout, bad input — is a :class:`JobResult`, so the
 node keeps serving.
 """
 
@@ -32,7 +33,8 @@ from typing import Any
 import trio
 
 from ..wire import FrameError, FramedStream, MalformedMessage, pack, unpack
-from .jobs import JobSpec
+from .jobs import Data, JobSpec
+from .mapped import map_file, new_mapped_file
 
 STATUSES = ("ok", "timeout", "oom", "cpu_exceeded", "crashed", "bad_input")
 READY_TIMEOUT_S = 120.0
@@ -67,7 +69,7 @@ class Limits:
 @dataclass
 class JobResult:
     status: str  # one of STATUSES
-    outputs: list[bytes] = field(default_factory=list)
+    outputs: list[Data] = field(default_factory=list)  # read-only views of the files the job wrote
     message: str = ""
     seconds: float = 0.0  # time inside the job's runner (ok only)
     wall_s: float = 0.0  # from submission to result, as the node saw it
@@ -198,20 +200,109 @@ def _frame(payload: bytes) -> bytes:
     return frame(payload)
 
 
-def _private_dir() -> Path:
-    return Path(tempfile.mkdtemp(prefix="p2pnode-job-"))  # mkdtemp creates it 0700
+SCRATCH_PREFIX = "p2pnode-job-"
+SHM = Path("/dev/shm")
 
 
-async def _run_on(worker: Worker, task: dict[str, Any], inputs: list[bytes], limits: Limits,
+def scratch_root(expected_bytes: int) -> Path:
+    """Where job directories go: /dev/shm (memory: writing a blob there is one copy, mapping it none) when it can
+    hold the inputs and as much again for outputs, else the system temp directory (a container's /dev/shm is
+    often 64 MiB)."""
+    try:
+        st = os.statvfs(SHM)
+        if os.access(SHM, os.W_OK | os.X_OK) and st.f_bavail * st.f_frsize >= 2 * expected_bytes + (256 << 20):
+            return SHM
+    except OSError:
+        pass
+    return Path(tempfile.gettempdir())
+
+
+def sweep_stale_job_dirs() -> int:
+    """Remove job directories left by node processes that no longer exist (a SIGKILLed node cannot clean up, and
+    /dev/shm is memory until reboot); returns how many were removed."""
+    removed = 0
+    for root in {SHM, Path(tempfile.gettempdir())}:
+        try:
+            entries = list(root.glob(SCRATCH_PREFIX + "*"))
+        except OSError:
+            continue
+        for d in entries:
+            pid = d.name[len(SCRATCH_PREFIX):].partition("-")[0]
+            if not pid.isdigit() or int(pid) == os.getpid() or not d.is_dir() or d.owner() != _user():
+                continue
+            try:
+                os.kill(int(pid), 0)
+            except ProcessLookupError:
+                shutil.rmtree(d, ignore_errors=True)
+                removed += 1
+            except PermissionError:
+                pass  # alive, someone else's
+    return removed
+
+
+def _user() -> str:
+    import pwd
+
+    return pwd.getpwuid(os.getuid()).pw_name
+
+
+class JobFiles:
+    """A job's private directory (0700): the node puts inputs here — receiving a blob straight into
+    :meth:`new_input` — the child maps them and writes its outputs here, and the node maps those back. No blob is
+    copied between the node and the child. Removed by :meth:`close`; views already taken stay valid."""
+
+    def __init__(self, expected_bytes: int = 0) -> None:
+        self.path = Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-", dir=scratch_root(expected_bytes)))
+        self.names: list[str] = []
+        self.inputs: list[memoryview] = []
+
+    def new_input(self, size: int) -> memoryview:
+        """A writable buffer of `size` bytes that becomes the next input."""
+        name = f"in_{len(self.names)}"
+        view = new_mapped_file(self.path / name, size)
+        self.names.append(name)
+        self.inputs.append(view)
+        return view
+
+    def add_input(self, data: Data) -> None:
+        view = memoryview(data).cast("B")
+        self.new_input(len(view))[:] = view
+
+    def close(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+
+    def __enter__(self) -> "JobFiles":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def _job_files(inputs: list[Data] | JobFiles) -> tuple[JobFiles, bool]:
+    """(the job's files, whether this call made them and so removes them)."""
+    if isinstance(inputs, JobFiles):
+        return inputs, False
+    files = JobFiles(sum(len(memoryview(d).cast("B")) for d in inputs))
+    try:
+        for data in inputs:
+            files.add_input(data)
+    except BaseException:
+        files.close()
+        raise
+    return files, True
+
+
+async def _run_on(worker: Worker, task: dict[str, Any], inputs: list[Data] | JobFiles, limits: Limits,
                   progress: Callable[[float], Any] | None) -> JobResult:
     t0 = time.perf_counter()
-    workdir = _private_dir()
+    files, own = None, False
     try:
-        names = []
-        for i, data in enumerate(inputs):
-            (workdir / f"in_{i}").write_bytes(data)
-            names.append(f"in_{i}")
-        task = dict(task, dir=str(workdir), inputs=names, device=child_device(worker.device)[1],
+        try:
+            files, own = _job_files(inputs)
+        except OSError as exc:
+            return JobResult("crashed", message=f"cannot place the inputs: {exc}", isolated=worker.isolated)
+        workdir = files.path
+        task = dict(task, dir=str(workdir), inputs=files.names, device=child_device(worker.device)[1],
                     limits={"cpu_s": limits.cpu_s, "nofile": limits.nofile, "fsize": limits.fsize_bytes,
                             "mem": limits.mem_bytes}, threads=limits.threads)
         status, msg = await worker.execute(task, limits.wall_s, progress)
@@ -235,15 +326,16 @@ async def _run_on(worker: Worker, task: dict[str, Any], inputs: list[bytes], lim
         for name in msg.get("outputs", []):
             if not isinstance(name, str) or "/" in name or name.startswith("."):
                 return JobResult("crashed", message="worker named an output outside its directory", wall_s=wall)
-            outputs.append((workdir / name).read_bytes())
+            outputs.append(map_file(workdir / name))
         return JobResult("ok", outputs=outputs, seconds=float(msg.get("seconds", 0.0)), wall_s=wall,
                          isolated=worker.isolated)
     finally:
         await worker.kill()
-        shutil.rmtree(workdir, ignore_errors=True)
+        if own and files is not None:
+            files.close()  # a caller's JobFiles is the caller's to close
 
 
-async def run_job(spec: JobSpec, inputs: list[bytes], device: str = "cpu", limits: Limits = Limits(),
+async def run_job(spec: JobSpec, inputs: list[Data] | JobFiles, device: str = "cpu", limits: Limits = Limits(),
                   progress: Callable[[float], Any] | None = None, *, isolate: bool | None = None) -> JobResult:
     """One job in a freshly started (cold) worker; the node uses :class:`WorkerPool` for warm start-up."""
     try:
@@ -281,6 +373,7 @@ class WorkerPool:
         self._nursery: trio.Nursery | None = None
 
     async def __aenter__(self) -> "WorkerPool":
+        sweep_stale_job_dirs()
         self._cm = trio.open_nursery()
         self._nursery = await self._cm.__aenter__()
         for d in self.devices:
@@ -318,7 +411,7 @@ class WorkerPool:
                 w = await self._ready[d][1].receive()
                 self._ready[d][0].send_nowait(w)
 
-    async def run_job(self, spec: JobSpec, inputs: list[bytes], device: str = "cpu", limits: Limits = Limits(),
+    async def run_job(self, spec: JobSpec, inputs: list[Data] | JobFiles, device: str = "cpu", limits: Limits = Limits(),
                       progress: Callable[[float], Any] | None = None) -> JobResult:
         if device not in self._ready or self._nursery is None:
             return JobResult("bad_input", message=f"device {device!r} is not served by this node")

@@ -9,6 +9,7 @@ stdout. One process per job: nothing a job does survives it.
 
 from __future__ import annotations
 
+import errno
 import os
 import resource
 import socket
@@ -17,6 +18,8 @@ import time
 import traceback
 
 import msgpack
+
+from p2pnode.compute.mapped import map_file, new_mapped_file
 
 MAX_TASK = 16 << 20
 
@@ -88,6 +91,29 @@ def apply_limits(task: dict) -> None:
         resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
 
 
+class OutputFiles:
+    """The allocator a runner writes large outputs into: each buffer is a new file in the job's directory, mapped
+    shared, which the node maps in turn, so the result is never copied on its way out."""
+
+    def __init__(self) -> None:
+        self.files: list[tuple[str, memoryview]] = []
+
+    def __call__(self, nbytes: int) -> memoryview:
+        name = f"out_{len(self.files)}"
+        view = new_mapped_file(name, nbytes)
+        self.files.append((name, view))
+        return view
+
+    def name_of(self, out) -> str:
+        """The file holding `out`: its own if the runner allocated it here, else a new one it is copied into."""
+        for name, view in self.files:
+            if out is view:
+                return name
+        data = memoryview(out).cast("B")
+        self(len(data))[:] = data
+        return self.files[-1][0]
+
+
 def run_job(task: dict) -> dict:
     from p2pnode.compute import jobs
     from p2pnode.errors import ProtocolError
@@ -99,24 +125,24 @@ def run_job(task: dict) -> dict:
         torch.set_num_threads(task["threads"])
     try:
         spec = jobs.JobSpec.from_wire(unpack(task["spec"], max_size=MAX_TASK))
-        inputs = [open(name, "rb").read() for name in task["inputs"]]
+        inputs = [map_file(name, private=True) for name in task["inputs"]]  # no copy
         t0 = time.perf_counter()
-        outputs = jobs.run(spec, inputs, task["device"], lambda f: write_frame({"progress": float(f)}))
+        out = OutputFiles()
+        outputs = jobs.run(spec, inputs, task["device"], lambda f: write_frame({"progress": float(f)}), alloc=out)
+        names = [out.name_of(o) for o in outputs]
         seconds = time.perf_counter() - t0
     except ProtocolError as exc:
         return {"ok": False, "error": "bad_input", "message": f"{type(exc).__name__}: {exc}"[:500]}
     except MemoryError:
         return {"ok": False, "error": "oom", "message": "out of memory (limit reached)"}
+    except OSError as exc:  # mapping an input or an output under the address-space cap, or a full scratch disk
+        if exc.errno in (errno.ENOMEM, errno.ENOSPC):
+            return {"ok": False, "error": "oom", "message": f"out of memory or scratch space: {exc}"[:500]}
+        raise
     except RuntimeError as exc:
         text = str(exc)
         kind = "oom" if any(w in text.lower() for w in ("alloc", "out of memory", "memory")) else "crashed"
         return {"ok": False, "error": kind, "message": text[:500]}
-    names = []
-    for i, data in enumerate(outputs):
-        name = f"out_{i}"
-        with open(name, "wb") as f:
-            f.write(data)
-        names.append(name)
     return {"ok": True, "outputs": names, "seconds": seconds}
 
 

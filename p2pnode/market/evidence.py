@@ -34,7 +34,7 @@ import trio
 from ..chain import escrow
 from ..chain.multisig import decode_tx
 from ..compute.blobs import BlobRef
-from ..compute.jobs import JobSpec, check_inputs, verify
+from ..compute.jobs import Data, JobSpec, check_inputs, verify
 from ..errors import ProtocolError
 from ..identity import Identity, peer_id_from_public_key, solana_address
 from ..net.gossip import GossipMessage, TopicValidator
@@ -212,10 +212,11 @@ async def request_refund(host: Any, identity: Identity, quote_raw: bytes, tx: by
     return reply.tx
 
 
-async def submit_evidence(renter: Any, quote_raw: bytes, result_raw: bytes, spec: JobSpec, inputs: list[bytes],
-                          outputs: list[bytes], reason: str) -> ArbiterReply:
+async def submit_evidence(renter: Any, quote_raw: bytes, result_raw: bytes, spec: JobSpec, inputs: list[Data],
+                          outputs: list[Data], reason: str) -> ArbiterReply:
     """Renter: sign the evidence, gossip it (if small enough) and hand it to the agreement's arbiter."""
-    ev = Evidence(quote=quote_raw, result=result_raw, spec=spec, inputs=list(inputs), outputs=list(outputs),
+    ev = Evidence(quote=quote_raw, result=result_raw, spec=spec, inputs=[bytes(d) for d in inputs],
+                  outputs=[bytes(d) for d in outputs],
                   reason=reason[:512])
     raw = seal(ev, renter.identity)
     if len(raw) <= MAX_GOSSIP_EVIDENCE:

@@ -27,6 +27,7 @@ from ..chain import escrow
 from ..chain.stake import required_stake, stake_of
 from ..compute.blobs import BlobError, BlobRef, receive_blob, send_blob
 from ..compute.jobs import KINDS, JobError, JobSpec
+from ..compute.sandbox import JobFiles, Limits, WorkerPool
 from ..config import NodeConfig
 from ..errors import ProtocolError
 from ..identity import Identity, solana_address
@@ -147,8 +148,6 @@ class JobService:
 
     async def _hold_pool(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """The sandbox's warm workers live exactly as long as this task (a nursery must not cross tasks)."""
-        from ..compute.sandbox import WorkerPool
-
         busiest = max(sum(s.torch_device == d for s in self.slots) for d in {s.torch_device for s in self.slots})
         per_device = max(1, self.cfg.compute.warm_workers, busiest)  # every slot of a device can start at once
         async with WorkerPool(sorted({s.torch_device for s in self.slots}), per_device=per_device) as pool:
@@ -260,16 +259,14 @@ class JobService:
             return True
         return False
 
-    async def run_job(self, spec: JobSpec, inputs: list[bytes], slot: Slot, max_s: float,
+    async def run_job(self, spec: JobSpec, inputs: JobFiles, slot: Slot, max_s: float,
                       progress: Callable[[float], None]) -> Any:
-        from ..compute.sandbox import Limits
-
         # CPU "devices" share the machine's cores: split them so concurrent jobs do not oversubscribe
         cpu_slots = sum(s.torch_device == "cpu" for s in self.slots)
         threads = max(1, (os.cpu_count() or 1) // cpu_slots) if slot.torch_device == "cpu" and cpu_slots > 1 else 0
         limits = Limits(wall_s=max_s, mem_bytes=0, threads=threads)
         if self._runner is not None:
-            result = await self._runner(spec, inputs, slot.torch_device, limits, progress)
+            result = await self._runner(spec, inputs.inputs, slot.torch_device, limits, progress)
         else:
             result = await self._pool.run_job(spec, inputs, slot.torch_device, limits, progress)
         if self.tamper is not None:
@@ -371,11 +368,12 @@ class _Job:
         escrow.record_agreement(svc.store, a, "provider")
         self.funded = True
         svc.agreements.update(job_id, state="funded", fund_sig=fund.message.signature)
-        inputs = []
-        for ref in req.spec.inputs:
-            with trio.fail_after(m.request_timeout_s + ref.size / (1 << 20)):
-                inputs.append(await receive_blob(js.fs, ref, max_size=m.max_input_bytes))
-        await self._run(req, quote, inputs)
+        # inputs go straight into the job's files, which the sandbox child maps: no copy on the way to the job
+        with JobFiles(sum(r.size for r in req.spec.inputs)) as files:
+            for ref in req.spec.inputs:
+                with trio.fail_after(m.request_timeout_s + ref.size / (1 << 20)):
+                    await receive_blob(js.fs, ref, max_size=m.max_input_bytes, into=files.new_input(ref.size))
+            await self._run(req, quote, files)
 
     async def _check_request(self, req: JobRequest, renter: str) -> None:
         svc = self.svc
@@ -419,7 +417,7 @@ class _Job:
 
     # -- running --
 
-    async def _run(self, req: JobRequest, quote: JobQuote, inputs: list[bytes]) -> None:
+    async def _run(self, req: JobRequest, quote: JobQuote, inputs: JobFiles) -> None:
         svc, js, a = self.svc, self.js, self.agreement
         assert a is not None and self.slot is not None
         svc.agreements.update(a.job_id, state="running")

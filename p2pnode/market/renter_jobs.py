@@ -25,7 +25,7 @@ import trio
 
 from ..chain import escrow
 from ..compute.blobs import receive_blob, send_blob
-from ..compute.jobs import JobSpec, verify
+from ..compute.jobs import Data, JobSpec, verify
 from ..config import NodeConfig
 from ..errors import ProtocolError, UserError
 from ..identity import Identity, public_key_from_peer_id, solana_address
@@ -63,7 +63,7 @@ class RentOutcome:
     price: int
     verified: bool
     verdict: str
-    outputs: list[bytes]
+    outputs: list[Data]  # the received bytes, not copied again (np.frombuffer reads them; bytes() copies)
     deposit: int
     paid: int
     fee: int
@@ -539,7 +539,7 @@ class _RenterJob:
         self.result_signed = result[0]
         return result[0].message, result[1], result[2]
 
-    async def _finish(self, q: JobQuote, res: JobResultMsg, outputs: list[bytes], seconds: float) -> RentOutcome:
+    async def _finish(self, q: JobQuote, res: JobResultMsg, outputs: list[Data], seconds: float) -> RentOutcome:
         r, a, js = self.r, self.agreement, self.js
         assert a is not None
         if res.status != "ok":

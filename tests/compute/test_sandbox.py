@@ -1,12 +1,19 @@
 """Sandbox: real child processes. Jobs over their time or memory are killed and reported; bad input is a typed
 result; with network isolation a job cannot reach a listener on the host's loopback."""
 
+import mmap
+import os
+import subprocess
+import sys
+
 import pytest
 import trio
 
+from p2pnode.compute import jobs as J
 from p2pnode.compute import sandbox as S
 from p2pnode.compute.jobs import JobSpec
-from p2pnode.compute.jobs.matmul import MatmulSpec
+from p2pnode.compute.jobs.matmul import MatmulSpec, seeded_inputs
+from p2pnode.compute.mapped import map_file, new_mapped_file
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -19,7 +26,6 @@ async def test_pool_runs_jobs_and_reports_each_failure_typed():
     async with S.WorkerPool(["cpu"], per_device=1) as pool:
         ok = await pool.run_job(seeded(32), [])
         assert ok.status == "ok" and len(ok.outputs[0]) == 32 * 32 * 4
-        from p2pnode.compute import jobs as J
         assert J.verify(seeded(32), [], ok.outputs).ok
         # time exceeded: a big seeded GEMM batch under a 0.3 s wall clock
         slow = await pool.run_job(seeded(1024, batch=64), [], limits=S.Limits(wall_s=0.3))
@@ -73,3 +79,51 @@ def test_child_sees_only_its_gpu_as_cuda0():
 async def test_unknown_device_is_a_typed_result():
     res = await S.run_job(seeded(8), [], device="tpu:0")
     assert res.status == "bad_input" and "tpu:0" in res.message
+
+
+async def test_inputs_and_outputs_cross_the_boundary_mapped_not_copied():
+    spec = MatmulSpec(dtype="fp32", batch=2, m=64, k=48, n=32, source="seed", seed=b"\5" * 32)
+    a, b = seeded_inputs(spec)
+    job = JobSpec.make("matmul", MatmulSpec(dtype="fp32", batch=2, m=64, k=48, n=32), [a, b])
+    async with S.WorkerPool(["cpu"], per_device=1) as pool:
+        with S.JobFiles(len(a) + len(b)) as files:
+            for data in (a, b):  # as the provider does: received straight into the job's files
+                files.new_input(len(data))[:] = data
+            assert oct(files.path.stat().st_mode & 0o777) == "0o700"
+            res = await pool.run_job(job, files)
+            assert res.ok, res.message
+            # the child's result is the file it wrote, mapped by the node: no copy was made on the way out
+            (out,) = res.outputs
+            assert isinstance(out, memoryview) and isinstance(out.obj, mmap.mmap) and out.readonly
+            # the child's view of the inputs was private: they are unchanged, byte for byte
+            assert bytes(files.inputs[0]) == a and bytes(files.inputs[1]) == b
+            path = files.path
+        assert not path.exists()  # the caller's close removed the directory...
+        assert J.verify(job, [a, b], [out]).ok  # ...and the result is still readable and correct
+    assert list(S.scratch_root(0).glob(f"{S.SCRATCH_PREFIX}{os.getpid()}-*")) == []  # nothing left behind
+
+
+def test_private_mapping_does_not_write_through(tmp_path):
+    view = new_mapped_file(tmp_path / "f", 4096)
+    view[:4] = b"abcd"
+    private = map_file(tmp_path / "f", private=True)
+    private[:4] = b"WXYZ"
+    assert bytes(map_file(tmp_path / "f")[:4]) == b"abcd" and bytes(private[:4]) == b"WXYZ"
+    with pytest.raises(FileExistsError):  # never reuses (or follows) an existing name
+        new_mapped_file(tmp_path / "f", 10)
+
+
+def test_sweep_removes_only_dirs_of_dead_nodes(tmp_path, monkeypatch):
+    monkeypatch.setattr(S, "SHM", tmp_path / "shm")  # keep the sweep to this test's directories
+    monkeypatch.setattr(S.tempfile, "tempdir", str(tmp_path))
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(gone.stdout)
+    dead = tmp_path / f"{S.SCRATCH_PREFIX}{dead_pid}-abc"
+    alive = tmp_path / f"{S.SCRATCH_PREFIX}{os.getppid()}-def"
+    mine = tmp_path / f"{S.SCRATCH_PREFIX}{os.getpid()}-ghi"
+    other = tmp_path / "something-else"
+    for d in (dead, alive, mine, other):
+        d.mkdir()
+        (d / "in_0").write_bytes(b"x")
+    assert S.sweep_stale_job_dirs() == 1
+    assert not dead.exists() and alive.exists() and mine.exists() and other.exists()

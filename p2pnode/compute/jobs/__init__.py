@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 
 from ...errors import ProtocolError
 from ...wire import Record, SchemaError, bounded, pack, unpack
 from ..blobs import BlobRef
+
+# Inputs and outputs are any bytes-like buffer: the sandbox child maps its input files, runners return views of
+# their result tensors' memory and the node maps the output files, so a large blob is not copied to change type.
+Data = bytes | memoryview
 
 MAX_PARAMS = 64 * 1024
 MAX_INPUTS = 16
@@ -67,7 +71,7 @@ class JobKind:
     def _mod(self):
         return importlib.import_module(f"{__name__}.{self.module}")
 
-    def runner(self) -> Callable[..., list[bytes]]:
+    def runner(self) -> Callable[..., list[Data]]:
         return self._mod().run
 
     def verifier(self) -> Callable[..., Verdict]:
@@ -87,7 +91,7 @@ def _register() -> None:
     KINDS["attest"] = JobKind("attest", AttestSpec, "attest_job", (0, 0))
 
 
-def check_inputs(spec: JobSpec, inputs: list[bytes]) -> Record:
+def check_inputs(spec: JobSpec, inputs: list[Data]) -> Record:
     """Parse the params and check the input blobs against the spec's hashes; returns the typed params."""
     kind = KINDS[spec.kind]
     lo, hi = kind.n_inputs
@@ -98,7 +102,7 @@ def check_inputs(spec: JobSpec, inputs: list[bytes]) -> Record:
     return spec.decode_params()
 
 
-def verify(spec: JobSpec, inputs: list[bytes], outputs: list[bytes], *, rng: np.random.Generator | None = None
+def verify(spec: JobSpec, inputs: list[Data], outputs: list[Data], *, rng: np.random.Generator | None = None
            ) -> Verdict:
     """Check a result without torch; a malformed spec or output is a failed verdict, never an exception."""
     try:
@@ -108,13 +112,22 @@ def verify(spec: JobSpec, inputs: list[bytes], outputs: list[bytes], *, rng: np.
         return Verdict(False, f"{type(exc).__name__}: {exc}")
 
 
-def run(spec: JobSpec, inputs: list[bytes], device: str = "cpu",
-        progress: Callable[[float], None] = lambda f: None) -> list[bytes]:
-    """Run a job in this process (the sandbox child calls this); torch is imported by the kind's runner."""
+def _in_memory(nbytes: int) -> memoryview:
+    return memoryview(bytearray(nbytes))
+
+
+def run(spec: JobSpec, inputs: list[Data], device: str = "cpu",
+        progress: Callable[[float], None] = lambda f: None, *,
+        alloc: Callable[[int], memoryview] = _in_memory) -> list[Data]:
+    """Run a job in this process (the sandbox child calls this); torch is imported by the kind's runner.
+
+    A runner writes a large output into a buffer from ``alloc(nbytes)`` and returns that very buffer: in the
+    sandbox it is a file the node maps, so the result is not copied again on its way out.
+    """
     params = check_inputs(spec, inputs)
-    return KINDS[spec.kind].runner()(params, inputs, device, progress)
+    return KINDS[spec.kind].runner()(params, inputs, device, progress, alloc)
 
 
 _register()
 
-__all__ = ["JobError", "JobKind", "JobSpec", "KINDS", "Verdict", "check_inputs", "run", "verify"]
+__all__ = ["Data", "JobError", "JobKind", "JobSpec", "KINDS", "Verdict", "check_inputs", "run", "verify"]

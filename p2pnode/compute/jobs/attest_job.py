@@ -15,7 +15,7 @@ import numpy as np
 
 from ...wire import Record, bounded, pack, unpack
 from .. import attest as A
-from . import JobError, Verdict
+from . import Data, Verdict
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,9 @@ def openings_for(spec: AttestSpec, fps_bytes: bytes) -> list[int]:
                              np.random.default_rng(np.frombuffer(digest, dtype=np.uint32)))
 
 
-def run(spec: AttestSpec, inputs: list[bytes], device: str, progress: Callable[[float], None]) -> list[bytes]:
+def run(spec: AttestSpec, inputs: list[Data], device: str, progress: Callable[[float], None],
+        alloc: Callable[[int], memoryview]) -> list[Data]:
+    """Outputs are small (fingerprints, a few openings): returned as bytes, not written into `alloc` buffers."""
     prover = A.Prover(device)
     prover.setup(spec.challenge())
     fps: list[int] = []
