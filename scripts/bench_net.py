@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from p2pnode.config import NetConfig, NodeConfig, OfferConfig  # noqa: E402
 from p2pnode.identity import Identity  # noqa: E402
 from p2pnode.net.host import HostSettings, peer_info, running_host  # noqa: E402
-from p2pnode.wire import Device  # noqa: E402
+from p2pnode.wire import STREAM_WRITE, Device  # noqa: E402
 
 LOOP = "/ip4/127.0.0.1/tcp/0"
 ECHO = "/bench/echo/1.0.0"
@@ -76,7 +76,7 @@ async def bench_connect(n: int = 20) -> dict:
     return {"connect_ms_p50": statistics.median(times), "connect_ms_max": max(times)}
 
 
-async def bench_streams(bulk_mib: int, rounds: int = 2000) -> dict:
+async def bench_streams(bulk_mib: int, rounds: int = 2000, write_size: int = STREAM_WRITE) -> dict:
     a, b = Identity.generate(), Identity.generate()
     out: dict = {}
     async with running_host(a, HostSettings(listen=[LOOP])) as ha, \
@@ -124,11 +124,13 @@ async def bench_streams(bulk_mib: int, rounds: int = 2000) -> dict:
         out["rtt32_ms_p50"] = statistics.median(rtts)
         out["rtt32_ms_p99"] = pct(rtts, 0.99)
 
-        chunk = os.urandom(1 << 20)  # 1 MiB writes, the DESIGN.md bulk chunk size
+        chunk = os.urandom(1 << 20)  # 1 MiB chunks (DESIGN.md), written as FramedStream writes them
+        view = memoryview(chunk)
         s = await hb.new_stream(ha.get_id(), [SINK])
         t = time.perf_counter()
         for _ in range(bulk_mib):
-            await s.write(chunk)
+            for i in range(0, len(chunk), write_size):
+                await s.write(view[i:i + write_size])
         with trio.fail_after(120):
             await received.wait()
             await s.read(1)
@@ -279,8 +281,12 @@ async def _finish_child(proc, rest: bytes) -> dict:
     return json.loads(lines[-1]) if lines else {}
 
 
-async def bench_bulk_processes(bulk_mib: int, read_size: int = 1 << 20, profile_prefix: str | None = None) -> dict:
-    """Sender here, receiver in its own process; libp2p stream then raw TCP, same bytes and 1 MiB writes.
+async def bench_bulk_processes(bulk_mib: int, read_size: int = 1 << 20, profile_prefix: str | None = None,
+                               write_size: int = STREAM_WRITE) -> dict:
+    """Sender here, receiver in its own process; libp2p stream then raw TCP, the same 1 MiB chunks.
+
+    The libp2p sender writes each chunk as FramedStream does (``write_size`` = wire.STREAM_WRITE bytes per write,
+    one Noise message per yamux frame); ``--write-size 1048576`` shows what whole-chunk writes cost.
 
     Timed from the first write to the sink's one-byte ack (sent once it has counted every byte), so both sides'
     Noise + yamux work is inside the figure, each on its own core as between two real nodes.
@@ -298,8 +304,10 @@ async def bench_bulk_processes(bulk_mib: int, read_size: int = 1 << 20, profile_
 
             async def send() -> float:
                 sched0, t = sched_s(), time.perf_counter()
+                view = memoryview(chunk)
                 for _ in range(bulk_mib):
-                    await s.write(chunk)
+                    for i in range(0, len(chunk), write_size):
+                        await s.write(view[i:i + write_size])
                 with trio.fail_after(120):
                     ack = await s.read(1)
                 dt = time.perf_counter() - t
@@ -576,13 +584,13 @@ async def main(args) -> None:
         return
     results: dict = {}
     if args.only == "bulk":
-        results.update(await bench_streams(args.bulk_mib))
-        results.update(await bench_bulk_processes(args.bulk_mib, args.read_size, args.profile))
+        results.update(await bench_streams(args.bulk_mib, write_size=args.write_size))
+        results.update(await bench_bulk_processes(args.bulk_mib, args.read_size, args.profile, args.write_size))
     else:
         if args.only != "propagation":
             results.update(await bench_connect())
-            results.update(await bench_streams(args.bulk_mib))
-            results.update(await bench_bulk_processes(args.bulk_mib, args.read_size))
+            results.update(await bench_streams(args.bulk_mib, write_size=args.write_size))
+            results.update(await bench_bulk_processes(args.bulk_mib, args.read_size, write_size=args.write_size))
         results.update(await bench_propagation(args.nodes))
         results.update(await bench_propagation_processes(args.nodes))
         if args.only != "propagation":
@@ -602,6 +610,8 @@ if __name__ == "__main__":
     p.add_argument("--child", choices=["provider", "light", "prop", "bulk-sink", "tcp-sink"])
     p.add_argument("--only", choices=["propagation", "bulk"], help="run only the propagation or the bulk figures")
     p.add_argument("--read-size", type=int, default=1 << 20, help="bytes per read in the two-process bulk sinks")
+    p.add_argument("--write-size", type=int, default=STREAM_WRITE,
+                   help="bytes per libp2p stream write in the bulk figures (default: as FramedStream writes)")
     p.add_argument("--profile", default="", help="--only bulk: cProfile the two-process sender and sink")
     p.add_argument("--start-at", type=float, default=0.0)
     p.add_argument("--slot", type=int, default=0)

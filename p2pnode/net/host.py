@@ -75,8 +75,10 @@ def build_host(identity: Identity, settings: HostSettings):
     from libp2p import new_host
     from libp2p.crypto.x25519 import create_new_key_pair as new_x25519
     from libp2p.network.config import ConnectionConfig
-    from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_ID, Transport as NoiseTransport
+    from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_ID
     from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_ID, Yamux
+
+    from .transport import BufferedNoise
 
     if not settings.listen:
         raise ConfigError("net.listen is empty; give at least one address such as /ip4/0.0.0.0/tcp/4001")
@@ -99,7 +101,7 @@ def build_host(identity: Identity, settings: HostSettings):
     )
     host = new_host(
         key_pair=key_pair,
-        sec_opt={NOISE_ID: NoiseTransport(key_pair, noise_privkey=new_x25519().private_key)},
+        sec_opt={NOISE_ID: BufferedNoise(key_pair, noise_privkey=new_x25519().private_key)},
         muxer_opt={YAMUX_ID: Yamux},
         listen_addrs=listen,
         connection_config=conn_cfg,
