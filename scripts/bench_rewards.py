@@ -133,7 +133,6 @@ async def bench_epoch_e2e(epoch_s: int) -> None:
     from p2pnode.cli.rewards import earnings, verify_epoch
     from p2pnode.compute.attest import (
         Attestation, Prover, calibrate, record_attestation, serve_challenge, verify_provider)
-    from p2pnode.config import IO
     from p2pnode.identity import Identity
     from p2pnode.net.gossip import GossipMessage
     from p2pnode.operator_epochs import EpochService
