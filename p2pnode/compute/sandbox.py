@@ -411,16 +411,29 @@ class WorkerPool:
                 w = await self._ready[d][1].receive()
                 self._ready[d][0].send_nowait(w)
 
-    async def run_job(self, spec: JobSpec, inputs: list[Data] | JobFiles, device: str = "cpu", limits: Limits = Limits(),
-                      progress: Callable[[float], Any] | None = None) -> JobResult:
+    async def run_job(self, spec: JobSpec, inputs: list[Data] | JobFiles, device: str = "cpu",
+                      limits: Limits = Limits(), progress: Callable[[float], Any] | None = None, *, replace: bool = True) -> JobResult:
+        """Run on a warm worker, which then exits; a replacement starts (importing torch: seconds of a core) right
+        after, or with ``replace=False`` when the caller says so via :meth:`replace` — a provider does once the
+        outputs are sent, so the import does not slow their transfer."""
         if device not in self._ready or self._nursery is None:
             return JobResult("bad_input", message=f"device {device!r} is not served by this node")
         with trio.move_on_after(READY_TIMEOUT_S) as scope:
             worker = await self._ready[device][1].receive()
         if scope.cancelled_caught:
             return JobResult("crashed", message="no worker became ready")
+        returned = False
         try:
-            return await _run_on(worker, {"task": "job", "spec": spec.encode()}, inputs, limits, progress)
+            result = await _run_on(worker, {"task": "job", "spec": spec.encode()}, inputs, limits, progress)
+            returned = True
+            return result
         finally:
-            # Replace it after the job: a torch import running beside the job would steal its CPU.
+            # Replace it after the job, not while it runs: a torch import beside the job would steal its CPU. If
+            # this call did not return (cancelled), the caller will not ask: replace it now.
+            if replace or not returned:
+                self.replace(device)
+
+    def replace(self, device: str) -> None:
+        """Start a worker for `device` in place of one a ``run_job(..., replace=False)`` used."""
+        if self._nursery is not None and device in self._ready:
             self._nursery.start_soon(self._spawn, device)

@@ -13,6 +13,7 @@ provider that vanished or cheated comes back through the arbiter after the agree
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -25,7 +26,7 @@ import trio
 
 from ..chain import escrow
 from ..compute.blobs import receive_blob, send_blob
-from ..compute.jobs import Data, JobSpec, verify
+from ..compute.jobs import Data, JobSpec, Prepared, prepare, verify
 from ..config import NodeConfig
 from ..errors import ProtocolError, UserError
 from ..identity import Identity, public_key_from_peer_id, solana_address
@@ -432,14 +433,28 @@ class _RenterJob:
         self._mark("started")
         r.agreements.update(a.job_id, state="running")
         r.progress("run", f"job started on {quote.device.kind}:{quote.device.name[:32]}")
+        prepared: list[Prepared | None] = []
         try:
-            result, outputs, seconds = await self._pay_while_running(quote)
+            async with trio.open_nursery() as nursery:
+                # the half of the check that needs no result (matmul: regenerate A, B and compute A (B R)) is done
+                # while the job runs; its secret vectors never leave this process
+                nursery.start_soon(self._prepare_check, prepared)
+                result, outputs, seconds = await self._pay_while_running(quote)
+                self._mark("result")
         except BaseException as exc:
             if not isinstance(exc, _JobFailed):
                 r._abandon(self, f"provider failed mid-job: {type(exc).__name__}: {exc}")
             raise
-        self._mark("result")
-        return await self._finish(quote, result, outputs, seconds)
+        return await self._finish(quote, result, outputs, seconds, prepared[0] if prepared else None)
+
+    async def _prepare_check(self, into: list) -> None:
+        """Never fails the job: if this goes wrong, verify() does all of the work after the result instead."""
+        t = time.perf_counter()
+        try:
+            into.append(await trio.to_thread.run_sync(prepare, self.spec, self.inputs, abandon_on_cancel=True))
+        except Exception as exc:
+            log.warning("could not prepare the check ahead (it is done after the result): %s", exc)
+        self.timings["verify_ahead"] = time.perf_counter() - t
 
     def _check_quote(self, req: JobRequest, q: JobQuote) -> None:
         r, a = self.r, q.agreement
@@ -539,7 +554,8 @@ class _RenterJob:
         self.result_signed = result[0]
         return result[0].message, result[1], result[2]
 
-    async def _finish(self, q: JobQuote, res: JobResultMsg, outputs: list[Data], seconds: float) -> RentOutcome:
+    async def _finish(self, q: JobQuote, res: JobResultMsg, outputs: list[Data], seconds: float,
+                      prepared: Prepared | None = None) -> RentOutcome:
         r, a, js = self.r, self.agreement, self.js
         assert a is not None
         if res.status != "ok":
@@ -548,7 +564,8 @@ class _RenterJob:
             raise _JobFailed("failed", f"job ended {res.status}: {res.message}", funded=True)
         r.progress("verify", f"checking {len(outputs)} output(s) ({sum(map(len, outputs))} bytes)")
         t_v = time.perf_counter()
-        verdict = await trio.to_thread.run_sync(verify, self.spec, self.inputs, outputs)
+        verdict = await trio.to_thread.run_sync(functools.partial(verify, self.spec, self.inputs, outputs,
+                                                                  prepared=prepared))
         self.timings["verify"] = time.perf_counter() - t_v
         if not verdict.ok:
             await js.send(JobVerdict(job_id=a.job_id, ok=False, reason=verdict.reason[:512]))

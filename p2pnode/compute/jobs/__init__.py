@@ -102,12 +102,33 @@ def check_inputs(spec: JobSpec, inputs: list[Data]) -> Record:
     return spec.decode_params()
 
 
-def verify(spec: JobSpec, inputs: list[Data], outputs: list[Data], *, rng: np.random.Generator | None = None
-           ) -> Verdict:
+@dataclass
+class Prepared:
+    """A verifier's output-independent work for one job, done ahead (see :func:`prepare`)."""
+
+    kind: str
+    state: object
+
+
+def prepare(spec: JobSpec, inputs: list[Data], *, rng: np.random.Generator | None = None) -> Prepared | None:
+    """The part of the check that needs only the spec and inputs, for a renter to do while the job runs (for
+    matmul: regenerating seed-derived operands and A (B R)); None when the kind has none or the inputs are bad
+    (then :func:`verify` reports why)."""
+    try:
+        params = check_inputs(spec, inputs)
+        fn = getattr(KINDS[spec.kind]._mod(), "prepare", None)
+        return Prepared(spec.kind, fn(params, inputs, rng or np.random.default_rng())) if fn else None
+    except ProtocolError:
+        return None
+
+
+def verify(spec: JobSpec, inputs: list[Data], outputs: list[Data], *, rng: np.random.Generator | None = None,
+           prepared: Prepared | None = None) -> Verdict:
     """Check a result without torch; a malformed spec or output is a failed verdict, never an exception."""
     try:
         params = check_inputs(spec, inputs)
-        return KINDS[spec.kind].verifier()(params, inputs, outputs, rng or np.random.default_rng())
+        ahead = {"prepared": prepared.state} if prepared is not None and prepared.kind == spec.kind else {}
+        return KINDS[spec.kind].verifier()(params, inputs, outputs, rng or np.random.default_rng(), **ahead)
     except ProtocolError as exc:
         return Verdict(False, f"{type(exc).__name__}: {exc}")
 
@@ -130,4 +151,5 @@ def run(spec: JobSpec, inputs: list[Data], device: str = "cpu",
 
 _register()
 
-__all__ = ["Data", "JobError", "JobKind", "JobSpec", "KINDS", "Verdict", "check_inputs", "run", "verify"]
+__all__ = ["Data", "JobError", "JobKind", "JobSpec", "KINDS", "Prepared", "Verdict", "check_inputs", "prepare", "run",
+           "verify"]

@@ -159,33 +159,54 @@ def _rows(x: np.ndarray, fn: Callable[[np.ndarray], tuple[np.ndarray, ...]]) -> 
     return tuple(np.concatenate(col) for col in zip(*parts))
 
 
-def verify(spec: MatmulSpec, inputs: list[Data], outputs: list[Data], rng: np.random.Generator) -> Verdict:
-    """All rounds at once (R holds one random vector per round), each matrix read once in float64 row blocks.
+@dataclass
+class MatmulCheck:
+    """The half of the check that does not need the result: the secret vectors R and A (B R) with its error bound,
+    per batch. A renter computes it while the job runs; R never leaves it, so doing this early costs no safety."""
 
-    Per round and row the check is exactly |C r - A (B r)| <= tol, with tol as the module docstring says; stacking
-    the rounds' vectors as the columns of R changes only how often A, B and C are read, not what is compared.
-    """
-    try:
-        a_raw, b_raw = operands(spec, inputs)
-        if len(outputs) != 1:
-            return Verdict(False, "matmul: exactly one output expected")
-        a = _decode32(a_raw, spec.dtype, (spec.batch, spec.m, spec.k))
-        b = _decode32(b_raw, spec.dtype, (spec.batch, spec.k, spec.n))
-        c = _decode32(outputs[0], spec.dtype, (spec.batch, spec.m, spec.n))
-    except JobError as exc:
-        return Verdict(False, str(exc))
-    if not np.all(np.isfinite(c)):
-        if np.all(np.isfinite(a)) and np.all(np.isfinite(b)):
-            return Verdict(False, "matmul: non-finite output from finite inputs")
-    u_out = DTYPES[spec.dtype][1]
+    r: np.ndarray  # (batch, n, rounds)
+    rhs: list[np.ndarray]  # per batch: A (B R), (m, rounds)
+    acc: list[np.ndarray]  # per batch: |A| (|B| |R|), (m, rounds)
+    inputs_finite: bool
+
+
+def prepare(spec: MatmulSpec, inputs: list[Data], rng: np.random.Generator) -> MatmulCheck:
+    """All rounds at once (R holds one random vector per round), A and B each read once in float64 row blocks."""
+    a_raw, b_raw = operands(spec, inputs)
+    a = _decode32(a_raw, spec.dtype, (spec.batch, spec.m, spec.k))
+    b = _decode32(b_raw, spec.dtype, (spec.batch, spec.k, spec.n))
     r = rng.integers(-1024, 1025, size=(spec.batch, spec.n, spec.rounds)).astype(np.float64)
+    rhs, acc = [], []
     for bi in range(spec.batch):
         rb = r[bi]
         br, abs_br = _rows(b[bi], lambda x: (x @ rb, np.abs(x) @ np.abs(rb)))
-        rhs, acc = _rows(a[bi], lambda x: (x @ br, np.abs(x) @ abs_br))
+        x, y = _rows(a[bi], lambda x: (x @ br, np.abs(x) @ abs_br))
+        rhs.append(x)
+        acc.append(y)
+    return MatmulCheck(r, rhs, acc, bool(np.all(np.isfinite(a)) and np.all(np.isfinite(b))))
+
+
+def verify(spec: MatmulSpec, inputs: list[Data], outputs: list[Data], rng: np.random.Generator,
+           prepared: MatmulCheck | None = None) -> Verdict:
+    """Per round and row exactly |C r - A (B r)| <= tol, with tol as the module docstring says; stacking the
+    rounds' vectors as the columns of R changes only how often A, B and C are read, not what is compared.
+    `prepared` is :func:`prepare`'s answer for these inputs, if it was computed ahead (else it is computed now).
+    """
+    if len(outputs) != 1:
+        return Verdict(False, "matmul: exactly one output expected")
+    try:
+        check = prepared if prepared is not None else prepare(spec, inputs, rng)
+        c = _decode32(outputs[0], spec.dtype, (spec.batch, spec.m, spec.n))
+    except JobError as exc:
+        return Verdict(False, str(exc))
+    if check.inputs_finite and not np.all(np.isfinite(c)):
+        return Verdict(False, "matmul: non-finite output from finite inputs")
+    u_out = DTYPES[spec.dtype][1]
+    for bi in range(spec.batch):
+        rb = check.r[bi]
         lhs, sq = _rows(c[bi], lambda x: (x @ rb, (x * x) @ (rb * rb)))
-        tol = 8 * u_out * np.sqrt(sq) + 4 * np.sqrt(spec.k) * U_ACC * acc + 1e-30
-        bad = ~(np.abs(lhs - rhs) <= tol)
+        tol = 8 * u_out * np.sqrt(sq) + 4 * np.sqrt(spec.k) * U_ACC * check.acc[bi] + 1e-30
+        bad = ~(np.abs(lhs - check.rhs[bi]) <= tol)
         if bad.any():
             row, _ = np.argwhere(bad)[0]
             return Verdict(False, f"matmul: Freivalds check failed at batch {bi} row {row}")
