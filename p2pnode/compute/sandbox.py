@@ -116,6 +116,9 @@ class Worker:
         self.device = device
         self.frames = FramedStream(_pipe_adapter(proc.stdout, proc.stdin))
         self.stderr = bytearray()
+        self.child = 0  # the running job's process (the worker forks one per task)
+        self.reusable = False  # the last task ended with the worker ready for another
+        self.last_exit: int | None = None  # how the last job's process (or the worker itself) ended
 
     @classmethod
     async def start(cls, nursery: trio.Nursery, device: str = "cpu", *, warm: bool = True,
@@ -150,12 +153,15 @@ class Worker:
             pass
 
     async def kill(self) -> None:
+        """The job's process group and the worker's, then reap the worker."""
+        self.reusable = False
         with trio.CancelScope(shield=True):
-            if self.proc.returncode is None:
-                try:
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+            for group in (self.child, self.proc.pid if self.proc.returncode is None else 0):
+                if group:
+                    try:
+                        os.killpg(group, signal.SIGKILL)
+                    except (ProcessLookupError, PermissionError):
+                        pass
             with trio.move_on_after(10):
                 await self.proc.wait()
             for pipe in (self.proc.stdin, self.proc.stdout):
@@ -164,21 +170,31 @@ class Worker:
 
     async def execute(self, task: dict[str, Any], wall_s: float,
                       progress: Callable[[float], Any] | None) -> tuple[str, dict[str, Any] | None]:
-        """Send the task, pump progress frames; ('ok', result) or (failure status, None)."""
+        """Send the task, pump progress frames until the worker reports the job's process gone: ('done', result),
+        (failure status, None) or ('timeout', None). Afterwards :attr:`reusable` says if it can take another."""
+        self.reusable, self.child, self.stderr = False, 0, bytearray()
         await self.proc.stdin.send_all(_frame(pack(task)))
+        result: dict[str, Any] | None = None
         with trio.move_on_after(wall_s):
             while True:
                 try:
                     msg = unpack(await self.frames.receive(MAX_RESULT_FRAME), max_size=MAX_RESULT_FRAME)
                 except (FrameError, MalformedMessage, trio.BrokenResourceError, trio.ClosedResourceError):
-                    return self._exit_status(await self._wait_exit()), None
+                    self.last_exit = await self._wait_exit()
+                    return ("done", result) if result is not None else (self._exit_status(self.last_exit), None)
                 if not isinstance(msg, dict):
                     return "crashed", {"message": "worker sent a malformed frame"}
                 if "progress" in msg:
                     if progress is not None:
                         progress(float(msg["progress"]))
-                    continue
-                return "done", msg
+                elif "child" in msg:
+                    self.child = int(msg["child"])
+                elif "exited" in msg:
+                    self.child, self.last_exit = 0, int(msg["exited"])
+                    self.reusable = bool(msg.get("ready"))
+                    return ("done", result) if result is not None else (self._exit_status(self.last_exit), None)
+                else:
+                    result = msg
         return "timeout", None
 
     async def _wait_exit(self) -> int:
@@ -293,7 +309,8 @@ def _job_files(inputs: list[Data] | JobFiles) -> tuple[JobFiles, bool]:
 
 
 async def _run_on(worker: Worker, task: dict[str, Any], inputs: list[Data] | JobFiles, limits: Limits,
-                  progress: Callable[[float], Any] | None) -> JobResult:
+                  progress: Callable[[float], Any] | None, *, keep: bool = False) -> JobResult:
+    """One task on `worker`; the worker is killed afterwards unless `keep` and it is ready for another."""
     t0 = time.perf_counter()
     files, own = None, False
     try:
@@ -311,9 +328,9 @@ async def _run_on(worker: Worker, task: dict[str, Any], inputs: list[Data] | Job
             return JobResult("timeout", message=f"killed after the {limits.wall_s:g} s wall-clock limit",
                              wall_s=wall, isolated=worker.isolated)
         if status != "done" or msg is None:
-            code = worker.proc.returncode
+            code = worker.last_exit
             detail = bytes(worker.stderr[-300:]).decode(errors="replace").strip().splitlines()
-            return JobResult(status, message=f"worker exited with {code}" + (f": {detail[-1]}" if detail else ""),
+            return JobResult(status, message=f"job process exited with {code}" + (f": {detail[-1]}" if detail else ""),
                              wall_s=wall, isolated=worker.isolated)
         if not msg.get("ok"):
             err = msg.get("error")
@@ -330,7 +347,8 @@ async def _run_on(worker: Worker, task: dict[str, Any], inputs: list[Data] | Job
         return JobResult("ok", outputs=outputs, seconds=float(msg.get("seconds", 0.0)), wall_s=wall,
                          isolated=worker.isolated)
     finally:
-        await worker.kill()
+        if not (keep and worker.reusable):
+            await worker.kill()
         if own and files is not None:
             files.close()  # a caller's JobFiles is the caller's to close
 
@@ -412,28 +430,18 @@ class WorkerPool:
                 self._ready[d][0].send_nowait(w)
 
     async def run_job(self, spec: JobSpec, inputs: list[Data] | JobFiles, device: str = "cpu",
-                      limits: Limits = Limits(), progress: Callable[[float], Any] | None = None, *, replace: bool = True) -> JobResult:
-        """Run on a warm worker, which then exits; a replacement starts (importing torch: seconds of a core) right
-        after, or with ``replace=False`` when the caller says so via :meth:`replace` — a provider does once the
-        outputs are sent, so the import does not slow their transfer."""
+                      limits: Limits = Limits(), progress: Callable[[float], Any] | None = None) -> JobResult:
+        """Run in a fresh process forked from a warm worker for `device`, which then takes the next job."""
         if device not in self._ready or self._nursery is None:
             return JobResult("bad_input", message=f"device {device!r} is not served by this node")
         with trio.move_on_after(READY_TIMEOUT_S) as scope:
             worker = await self._ready[device][1].receive()
         if scope.cancelled_caught:
             return JobResult("crashed", message="no worker became ready")
-        returned = False
         try:
-            result = await _run_on(worker, {"task": "job", "spec": spec.encode()}, inputs, limits, progress)
-            returned = True
-            return result
+            return await _run_on(worker, {"task": "job", "spec": spec.encode()}, inputs, limits, progress, keep=True)
         finally:
-            # Replace it after the job, not while it runs: a torch import beside the job would steal its CPU. If
-            # this call did not return (cancelled), the caller will not ask: replace it now.
-            if replace or not returned:
-                self.replace(device)
-
-    def replace(self, device: str) -> None:
-        """Start a worker for `device` in place of one a ``run_job(..., replace=False)`` used."""
-        if self._nursery is not None and device in self._ready:
-            self._nursery.start_soon(self._spawn, device)
+            if worker.reusable:  # the usual case: the job's process is gone, the worker waits for the next task
+                self._ready[device][0].send_nowait(worker)
+            else:  # killed (timeout, cancelled) or died: a new one imports torch, seconds of a core
+                self._nursery.start_soon(self._spawn, device)

@@ -1,10 +1,15 @@
-"""The sandbox child: ``python -m p2pnode.compute.worker [--warm]``. Never imported by the node itself.
+"""The sandbox worker: ``python -m p2pnode.compute.worker [--warm]``. Never imported by the node itself.
 
 Started by :mod:`p2pnode.compute.sandbox` with an empty environment (and inside ``unshare --net
---map-root-user`` where the kernel allows), it optionally imports torch first (a warm worker waiting in the
-pool), then reads exactly one task frame from stdin, applies the job's limits to itself (working directory,
-rlimits, environment), runs one registered job kind and writes msgpack frames (progress, then one result) to
-stdout. One process per job: nothing a job does survives it.
+--map-root-user`` where the kernel allows), it imports torch first when ``--warm`` (the seconds-long part of
+start-up) and then serves tasks from stdin one at a time, each in a **forked child**: the child applies the job's
+limits to itself (working directory, rlimits, environment), runs one registered job kind, writes msgpack frames
+(progress, then one result) to stdout and exits; the worker reports the child's exit and is ready for the next.
+A job never runs in the worker itself, so nothing a job does survives it, and each job starts in milliseconds
+from a copy of a process that has torch loaded and has run no job code.
+
+Frames from the worker itself: ``{"ready": True}`` at start; ``{"child": pid}`` when a job's process exists;
+``{"exited": code, "ready": True}`` when it is gone (code as ``subprocess`` reports it: -N for signal N).
 """
 
 from __future__ import annotations
@@ -172,17 +177,8 @@ def die_with_parent(interval_s: float = 0.5) -> None:
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
-def main() -> int:
-    die_with_parent()
-    if "--warm" in sys.argv:
-        import torch  # noqa: F401  (the expensive part of start-up, done before a job is waiting)
-
-        import p2pnode.compute.jobs  # noqa: F401
-    write_frame({"ready": True})
-    try:
-        task = read_frame()
-    except EOFError:
-        return 0
+def serve(task: dict) -> None:
+    """In the job's own process: limits, the task, one result frame."""
     try:
         apply_limits(task)
         result = netprobe(task) if task.get("task") == "netprobe" else run_job(task)
@@ -190,7 +186,37 @@ def main() -> int:
         result = {"ok": False, "error": "crashed", "message": f"{type(exc).__name__}: {exc}"[:500],
                   "trace": traceback.format_exc()[-2000:]}
     write_frame(result)
-    return 0
+
+
+def main() -> int:
+    die_with_parent()
+    if "--warm" in sys.argv:
+        import torch  # noqa: F401  (the expensive part of start-up, done before a job is waiting)
+
+        import p2pnode.compute.jobs  # noqa: F401
+    write_frame({"ready": True})
+    while True:
+        try:
+            task = read_frame()
+        except EOFError:
+            return 0
+        pid = os.fork()
+        if pid == 0:  # the job's process: never returns into this loop
+            code = 1
+            try:
+                os.setpgid(0, 0)  # its own group, so whatever it leaves behind can be killed with it
+                die_with_parent()  # this worker, which exits with the node
+                serve(task)
+                code = 0
+            finally:
+                os._exit(code)
+        write_frame({"child": pid})
+        _, status = os.waitpid(pid, 0)
+        try:
+            os.killpg(pid, 9)  # anything the job started
+        except (ProcessLookupError, PermissionError):
+            pass
+        write_frame({"exited": os.waitstatus_to_exitcode(status), "ready": True})
 
 
 if __name__ == "__main__":

@@ -267,17 +267,11 @@ class JobService:
         limits = Limits(wall_s=max_s, mem_bytes=0, threads=threads)
         if self._runner is not None:
             result = await self._runner(spec, inputs.inputs, slot.torch_device, limits, progress)
-        else:  # the caller calls worker_done() once the outputs are sent
-            result = await self._pool.run_job(spec, inputs, slot.torch_device, limits, progress, replace=False)
+        else:
+            result = await self._pool.run_job(spec, inputs, slot.torch_device, limits, progress)
         if self.tamper is not None:
             result = self.tamper(result)
         return result
-
-    def worker_done(self, slot: Slot) -> None:
-        """Replace the sandbox worker a job used, now that its outputs are on their way: the replacement's torch
-        import takes seconds of a core, which would otherwise slow sending them."""
-        if self._runner is None and self._pool is not None:
-            self._pool.replace(slot.torch_device)
 
 
 class _Job:
@@ -439,27 +433,24 @@ class _Job:
             nursery.start_soon(self._watchdog, quote.voucher_interval_s, nursery.cancel_scope)
             result = await svc.run_job(req.spec, inputs, self.slot, float(req.max_s),
                                        lambda f: fraction.__setitem__(0, max(0.0, min(1.0, f))))
-            try:
-                status = result.status if result.status in ("ok", "timeout", "oom", "cpu_exceeded", "crashed",
-                                                            "bad_input") else "crashed"
-                outputs = list(result.outputs) if result.ok else []
-                t_out = time.monotonic()
-                msg = JobResultMsg(job_id=a.job_id, status=status, outputs=[BlobRef.of(o) for o in outputs],
-                                   seconds=float(result.seconds or result.wall_s), message=result.message[:512])
-                svc.agreements.update(a.job_id, state="done", seconds=time.monotonic() - started,
-                                      verdict=status)
-                # the result and its blobs go out as one run of frames: a heartbeat or voucher_ack slipped in between
-                # would be read as a blob chunk by the renter
-                async with js._send_lock:
-                    with trio.fail_after(svc.market.request_timeout_s + sum(map(len, outputs)) / (1 << 20)):
-                        await js.fs.send_message(msg, svc.identity)
-                        for out in outputs:
-                            await send_blob(js.fs, out)
-                svc.stats.completed += 1
-                log.info("job %s: %s after %.2f s (runner %.2f s); %d output bytes sent in %.2f s", a.job_id.hex()[:8],
-                         status, t_out - started, result.seconds, sum(map(len, outputs)), time.monotonic() - t_out)
-            finally:
-                svc.worker_done(self.slot)
+            status = result.status if result.status in ("ok", "timeout", "oom", "cpu_exceeded", "crashed",
+                                                        "bad_input") else "crashed"
+            outputs = list(result.outputs) if result.ok else []
+            t_out = time.monotonic()
+            msg = JobResultMsg(job_id=a.job_id, status=status, outputs=[BlobRef.of(o) for o in outputs],
+                               seconds=float(result.seconds or result.wall_s), message=result.message[:512])
+            svc.agreements.update(a.job_id, state="done", seconds=time.monotonic() - started,
+                                  verdict=status)
+            # the result and its blobs go out as one run of frames: a heartbeat or voucher_ack slipped in between
+            # would be read as a blob chunk by the renter
+            async with js._send_lock:
+                with trio.fail_after(svc.market.request_timeout_s + sum(map(len, outputs)) / (1 << 20)):
+                    await js.fs.send_message(msg, svc.identity)
+                    for out in outputs:
+                        await send_blob(js.fs, out)
+            svc.stats.completed += 1
+            log.info("job %s: %s after %.2f s (runner %.2f s); %d output bytes sent in %.2f s", a.job_id.hex()[:8],
+                     status, t_out - started, result.seconds, sum(map(len, outputs)), time.monotonic() - t_out)
             # the verdict, then (if ok) the final voucher
             with trio.move_on_after(svc.market.request_timeout_s + sum(len(o) for o in outputs) / (4 << 20)):
                 await self.verdict_event.wait()

@@ -127,3 +127,33 @@ def test_sweep_removes_only_dirs_of_dead_nodes(tmp_path, monkeypatch):
         (d / "in_0").write_bytes(b"x")
     assert S.sweep_stale_job_dirs() == 1
     assert not dead.exists() and alive.exists() and mine.exists() and other.exists()
+
+
+async def test_one_warm_worker_serves_job_after_job_each_in_its_own_process():
+    import signal
+
+    async with S.WorkerPool(["cpu"], per_device=1) as pool:
+        await pool.warm()
+        ready = pool._ready["cpu"]
+        worker = ready[1].receive_nowait()
+        ready[0].send_nowait(worker)
+        for _ in range(3):  # back to back, no torch import in between: the same worker forks each job
+            with trio.fail_after(20):
+                res = await pool.run_job(seeded(16), [])
+            assert res.ok and worker.last_exit == 0 and worker.proc.returncode is None
+        # a job's process killed from outside is that job's typed failure; the worker is unharmed and serves on
+        seen = []
+
+        async def kill_the_job():
+            while not worker.child:
+                await trio.sleep(0.01)
+            seen.append(worker.child)
+            os.kill(worker.child, signal.SIGKILL)
+
+        async with trio.open_nursery() as n:
+            n.start_soon(kill_the_job)
+            res = await pool.run_job(seeded(1024, batch=64), [], limits=S.Limits(wall_s=60))
+        assert res.status == "crashed" and "-9" in res.message, (res.status, res.message)
+        assert seen and seen[0] != worker.proc.pid  # the job ran in a child, not in the worker
+        again = await pool.run_job(seeded(16), [])
+        assert again.ok and worker.proc.returncode is None and ready[1].receive_nowait() is worker
