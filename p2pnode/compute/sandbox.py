@@ -6,12 +6,12 @@ assigned GPU (``CUDA_VISIBLE_DEVICES``), and no network: the worker starts insid
 --map-root-user`` when :func:`isolation_available` (probed once at start) says the kernel allows unprivileged
 user namespaces; otherwise jobs run with network access and ``p2pnode devices`` says so.
 
-Start-up cost is torch's import (~1-2 s here), so :class:`WorkerPool` keeps one warm worker per device that has
-already imported torch and waits for its one task; taking it costs a pipe write, and a replacement starts in the
-background. Inputs and outputs move as files in the job's private directory (:class:`JobFiles`, on /dev/shm when
-it has room) that both sides map, so a blob is never copied between node and child; progress and the result as
-msgpack frames on the child's stdout. Any failure — crash, OOM, timeout, bad input — is a :class:`JobResult`, so the
-node keeps serving.
+Start-up cost is torch's import (~2 s here), so :class:`WorkerPool` keeps a warm worker per device that has
+imported torch once and forks a fresh process for each job (~27 ms from task to result for a tiny job); a worker
+is replaced only when a timeout or cancel kills it. Inputs and outputs move as files in the job's private
+directory (:class:`JobFiles`, on /dev/shm when it has room) that both sides map, so a blob is never copied between
+node and job; progress and the result come as msgpack frames on the worker's stdout. Any failure — crash, OOM,
+timeout, bad input — is a :class:`JobResult`, so the node keeps serving.
 """
 
 from __future__ import annotations
