@@ -244,7 +244,11 @@ def sweep_stale_job_dirs() -> int:
             continue
         for d in entries:
             pid = d.name[len(SCRATCH_PREFIX):].partition("-")[0]
-            if not pid.isdigit() or int(pid) == os.getpid() or not d.is_dir() or d.owner() != _user():
+            try:
+                mine = d.is_dir() and d.stat().st_uid == os.getuid()
+            except OSError:
+                continue
+            if not pid.isdigit() or int(pid) == os.getpid() or not mine:
                 continue
             try:
                 os.kill(int(pid), 0)
@@ -256,19 +260,14 @@ def sweep_stale_job_dirs() -> int:
     return removed
 
 
-def _user() -> str:
-    import pwd
-
-    return pwd.getpwuid(os.getuid()).pw_name
-
-
 class JobFiles:
     """A job's private directory (0700): the node puts inputs here — receiving a blob straight into
     :meth:`new_input` — the child maps them and writes its outputs here, and the node maps those back. No blob is
     copied between the node and the child. Removed by :meth:`close`; views already taken stay valid."""
 
     def __init__(self, expected_bytes: int = 0) -> None:
-        self.path = Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-", dir=scratch_root(expected_bytes)))
+        root = scratch_root(expected_bytes)
+        self.path = Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-", dir=root))  # 0700
         self.names: list[str] = []
         self.inputs: list[memoryview] = []
 
@@ -330,7 +329,8 @@ async def _run_on(worker: Worker, task: dict[str, Any], inputs: list[Data] | Job
         if status != "done" or msg is None:
             code = worker.last_exit
             detail = bytes(worker.stderr[-300:]).decode(errors="replace").strip().splitlines()
-            return JobResult(status, message=f"job process exited with {code}" + (f": {detail[-1]}" if detail else ""),
+            tail = f": {detail[-1]}" if detail else ""
+            return JobResult(status, message=f"job process exited with {code}{tail}",
                              wall_s=wall, isolated=worker.isolated)
         if not msg.get("ok"):
             err = msg.get("error")

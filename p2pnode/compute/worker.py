@@ -17,6 +17,7 @@ from __future__ import annotations
 import errno
 import os
 import resource
+import signal
 import socket
 import sys
 import time
@@ -200,20 +201,27 @@ def main() -> int:
             task = read_frame()
         except EOFError:
             return 0
+        go_r, go_w = os.pipe()  # the child writes nothing before the worker's {"child"} frame is out
         pid = os.fork()
         if pid == 0:  # the job's process: never returns into this loop
             code = 1
             try:
+                os.close(go_w)
                 os.setpgid(0, 0)  # its own group, so whatever it leaves behind can be killed with it
+                os.read(go_r, 1)
+                os.close(go_r)
                 die_with_parent()  # this worker, which exits with the node
                 serve(task)
                 code = 0
             finally:
                 os._exit(code)
+        os.close(go_r)
         write_frame({"child": pid})
+        os.write(go_w, b"1")
+        os.close(go_w)
         _, status = os.waitpid(pid, 0)
         try:
-            os.killpg(pid, 9)  # anything the job started
+            os.killpg(pid, signal.SIGKILL)  # anything the job started
         except (ProcessLookupError, PermissionError):
             pass
         write_frame({"exited": os.waitstatus_to_exitcode(status), "ready": True})

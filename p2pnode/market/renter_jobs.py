@@ -434,13 +434,20 @@ class _RenterJob:
         r.agreements.update(a.job_id, state="running")
         r.progress("run", f"job started on {quote.device.kind}:{quote.device.name[:32]}")
         prepared: list[Prepared | None] = []
+        failure: Exception | None = None
         try:
             async with trio.open_nursery() as nursery:
                 # the half of the check that needs no result (matmul: regenerate A, B and compute A (B R)) is done
                 # while the job runs; its secret vectors never leave this process
                 nursery.start_soon(self._prepare_check, prepared)
-                result, outputs, seconds = await self._pay_while_running(quote)
-                self._mark("result")
+                try:
+                    result, outputs, seconds = await self._pay_while_running(quote)
+                    self._mark("result")
+                except Exception as exc:  # kept out of the nursery so it is raised as itself, not in a group
+                    failure = exc
+                    nursery.cancel_scope.cancel()
+            if failure is not None:
+                raise failure
         except BaseException as exc:
             if not isinstance(exc, _JobFailed):
                 r._abandon(self, f"provider failed mid-job: {type(exc).__name__}: {exc}")
