@@ -3,7 +3,8 @@
 * time from `rent` to job start: excluding the escrow's chain confirmation (goal <= 100 ms) and including it on
   the localnet (goal <= 1.5 s) — median of several small jobs, from a renter whose book is current (1 s apart);
 * a ~10-second matmul job end to end (rent -> verified outputs) / the same job run in this process with torch
-  (`compute.jobs.run`, the code the sandbox runs), both measured in this run (goal <= 1.10);
+  (`compute.jobs.run`, the code the sandbox runs), both measured in this run (goal <= 1.10); the local run is
+  timed before the network starts and again right before the job, and the faster one is the baseline;
 * jobs per minute one provider (one device) serves, small jobs back to back;
 * on-chain transactions per job (getTransactionCount before/after, nonce set-up excluded: it is once per pair).
 
