@@ -472,13 +472,19 @@ class trio_stream_adapter:
 
 # --- the offer (DESIGN.md "Offer body") ---------------------------------------------------------------------
 
-MAX_OFFER_SIZE = 16 * KiB
+MAX_OFFER_SIZE = 64 * KiB  # up to 64 devices, each with its signed attestation
 OFFER_MAX_AHEAD_S = 600  # expires_at must be in (now, now + 10 min]
+
+
+MAX_DEVICE_ATTESTATION = 1024  # a signed Attestation is ~400-600 bytes
 
 
 @dataclass(frozen=True)
 class Device(Record):
-    """One device a provider rents out, as gossiped; `tflops`/`attested_*` come from the last attestation."""
+    """One device a provider rents out, as gossiped; `tflops`/`attested_*` come from the last attestation.
+
+    `attestation` is that attestation's signed envelope (the verifier's signature over it): a renter checks it
+    against the network's operators instead of taking `tflops` on the provider's word."""
 
     kind: str = bounded(max_len=8)  # "cuda" | "cpu"
     name: str = bounded(max_len=128)
@@ -486,6 +492,7 @@ class Device(Record):
     tflops: float = bounded(min=0.0, max=1e6, default=0.0)
     attested_at: int = bounded(min=0, max=2**40, default=0)
     attested_by: str = bounded(max_len=64, default="")  # PeerID of the verifier, "" if never attested
+    attestation: bytes = bounded(max_len=MAX_DEVICE_ATTESTATION, default=b"")
     # running a job right now: still listed, so device indices stay stable (attestation challenges name devices by
     # index), but renters skip it; the provider re-publishes when it frees up
     busy: bool = False

@@ -23,7 +23,7 @@ import hashlib
 import math
 import secrets
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 import numpy as np
@@ -242,6 +242,10 @@ class Attestation(Message):
     time: int = bounded(min=0, max=2**40, default=0)
     n: int = bounded(min=0, max=MAX_N, default=0)
     steps: int = bounded(min=0, max=MAX_STEPS, default=0)
+
+    def check(self, where: str) -> None:
+        if self.device is not None and self.device.attestation:  # offers carry attestations, not the reverse
+            raise SchemaError(f"{where}.device: an attested device does not carry an attestation itself")
 
 
 def challenge_hash(challenge: AttestChallenge) -> bytes:
@@ -481,7 +485,8 @@ async def verify_provider(fs: FramedStream, identity: Identity, *, provider: str
     opened: list[int] = []
 
     def result(tflops: float) -> AttestOutcome:
-        att = Attestation(provider=provider, device=device, device_index=device_index, tflops=round(tflops, 6),
+        att = Attestation(provider=provider, device=replace(device, attestation=b""), device_index=device_index,
+                          tflops=round(tflops, 6),
                           challenge=chash, passed=passed, reason=reason[:256], verifier=identity.peer_id,
                           time=int(time.time()), n=ch.n, steps=ch.steps)
         from ..wire import seal

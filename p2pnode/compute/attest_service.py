@@ -38,7 +38,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import trio
@@ -630,8 +630,9 @@ class Challenger:
         now = int(time.time())
         challenge = hashlib.sha256(b"iog/attest/unanswered\x00" + peer_id.encode() + now.to_bytes(8, "big")
                                    + secrets.token_bytes(16)).digest()
-        att = Attestation(provider=peer_id, device=device, device_index=index, tflops=0.0, challenge=challenge,
-                          passed=False, reason=reason[:256], verifier=self.identity.peer_id, time=now)
+        att = Attestation(provider=peer_id, device=replace(device, attestation=b""), device_index=index, tflops=0.0,
+                          challenge=challenge, passed=False, reason=reason[:256], verifier=self.identity.peer_id,
+                          time=now)
         return seal(att, self.identity)
 
     async def _keep(self, raw: bytes) -> None:

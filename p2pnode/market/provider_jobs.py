@@ -32,7 +32,7 @@ from ..config import NodeConfig
 from ..errors import ProtocolError
 from ..identity import Identity, solana_address
 from ..store import Store
-from ..wire import Device, SchemaError, WireError, open_envelope, seal, unpack
+from ..wire import MAX_DEVICE_ATTESTATION, Device, SchemaError, WireError, open_envelope, seal, unpack
 from . import pricing
 from .agreements import Agreements
 from .negotiation import (JOB_PROTOCOL, EscrowFunded, JobAccept, JobProgress, JobQuote, JobRequest, JobResultMsg,
@@ -115,8 +115,10 @@ class JobService:
         attested = latest_attestations(self.store, self.identity.peer_id, len(self.slots))
         out = []
         for i, s in enumerate(self.slots):
-            a = attested.get(i)
-            extra = {"tflops": a.tflops, "attested_at": a.time, "attested_by": a.verifier} if a is not None else {}
+            extra = {}
+            if (signed := attested.get(i)) is not None:
+                a = signed.message
+                extra = {"tflops": a.tflops, "attested_at": a.time, "attested_by": a.verifier, "attestation": signed.raw}
             out.append(replace(s.device, busy=s.holder is not None, **extra))
         return out
 
@@ -549,7 +551,7 @@ LATEST_ATTESTATIONS_SCAN = 256  # newest passed attestations read per offer: the
 
 
 def latest_attestations(store: Store, peer_id: str, devices: int) -> dict[int, Any]:
-    """device index -> the newest passed attestation of this provider that the node has seen (gossip or its own).
+    """device index -> the newest passed attestation (signed) of this provider the node has seen (gossip or its own).
 
     Runs on every offer publish, so it reads newest first and stops once each of the `devices` has one.
     """
@@ -564,10 +566,11 @@ def latest_attestations(store: Store, peer_id: str, devices: int) -> dict[int, A
         return out
     for row in rows:
         try:
-            a = open_envelope(bytes(row[0]), Attestation).message
+            signed = open_envelope(bytes(row[0]), Attestation)
         except Exception:
             continue
-        out.setdefault(a.device_index, a)
+        if len(signed.raw) <= MAX_DEVICE_ATTESTATION:
+            out.setdefault(signed.message.device_index, signed)
         if len(out) >= devices:
             break
     return out

@@ -25,6 +25,7 @@ from typing import Any
 import trio
 
 from ..chain import escrow
+from ..compute.attest_service import operator_peer_ids
 from ..compute.blobs import receive_blob, send_blob
 from ..compute.jobs import Data, JobSpec, Prepared, prepare, verify
 from ..config import NodeConfig
@@ -115,6 +116,7 @@ class Renter:
         self.store.ensure_schemas()  # the market's and escrow's tables (registered on import)
         self.agreements = Agreements(self.store)
         self.reputation = Reputation(self.store)
+        self.verifiers = operator_peer_ids(params)  # whose signed attestations count as a provider's capacity
         self.progress = progress or (lambda phase, text: log.info("%s: %s", phase, text))
         self.client: Any = None
         self.evidence_topic: Any = None
@@ -156,7 +158,8 @@ class Renter:
         """Join the network and wait until `count` fitting offers (not from `exclude`) are in the book, or the
         timeout; returns them best first. A provider whose devices are all busy fits again once it re-publishes."""
         def fitting(offers: list[Offer], reputation: Reputation | None = None) -> list[Offer]:
-            return [o for o in rank(offers, want, reputation) if not exclude or o.peer_id not in exclude]
+            return [o for o in rank(offers, want, reputation, self.verifiers)
+                    if not exclude or o.peer_id not in exclude]
 
         await self.light.wait_joined(timeout)
         await self.book.wait_for(lambda b: len(fitting(b.offers())) >= count, timeout)
@@ -216,7 +219,7 @@ class Renter:
             await trio.sleep(backoff)
             backoff = min(backoff * 2, 4.0)
             # offers change while we wait (providers re-publish when a device frees up)
-            fresh = rank(self.book.offers(), want, self.reputation)
+            fresh = rank(self.book.offers(), want, self.reputation, self.verifiers)
             candidates = [o for o in fresh if not exclude or o.peer_id not in exclude] or candidates
         raise NoProvider("every fitting provider refused or failed: " +
                          "; ".join(f"{a.peer_id[-8:]} {a.outcome} ({a.detail})" for a in tried[-8:]))

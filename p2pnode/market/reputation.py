@@ -1,8 +1,9 @@
 """What a renter remembers about providers, and the choice policy built on it.
 
 Per provider: jobs completed and verified, failures (refused after accepting, timed out, vanished), and bad
-results (failed verification). The choice policy ranks live offers by price per unit of attested capacity,
-penalised by that history: a provider that ever returned a wrong result goes to the back of the queue (it is
+results (failed verification). The choice policy ranks live offers by price per unit of attested capacity —
+what a network operator signed, checked here, never the TFLOPS a provider writes into its own offer — penalised
+by that history: a provider that ever returned a wrong result goes to the back of the queue (it is
 also reported to the arbiter and slashed), one that timed out is tried after the others.
 """
 
@@ -11,8 +12,11 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+from ..identity import peer_id_from_public_key
 from ..store import Store, schema
-from ..wire import Offer
+from ..wire import MAX_DEVICE_ATTESTATION, Device, Offer, WireError, open_envelope
+
+ATTESTATION_TRUST_S = 24 * 3600  # how long a renter counts a passed attestation (operators re-attest each epoch)
 
 schema("market_reputation", """
     CREATE TABLE IF NOT EXISTS market_reputation (
@@ -74,37 +78,65 @@ class Wanted:
     kind: str | None = None  # device kind: "cuda" | "cpu" | None for any
 
 
-def matching_devices(offer: Offer, want: Wanted):
+def attested_tflops(offer: Offer, index: int, verifiers: set[str] | None, *, now: float | None = None) -> float:
+    """What a renter may believe of device `index`: the TFLOPS of the attestation the offer carries for it, if a
+    network operator (`verifiers`, PeerIDs) signed it for this provider, this device index and name, it passed and
+    is less than a day old; else 0 (unattested). Never more than the offer itself claims."""
+    from ..compute.attest import ATTESTATION_MAX_SKEW_S, Attestation
+
+    d = offer.devices[index]
+    if not d.attestation or not verifiers:
+        return 0.0
+    try:
+        signed = open_envelope(d.attestation, Attestation, max_size=MAX_DEVICE_ATTESTATION)
+    except WireError:
+        return 0.0
+    a = signed.message
+    now = time.time() if now is None else now
+    if not (a.passed and a.verifier in verifiers and peer_id_from_public_key(signed.signer) == a.verifier
+            and a.provider == offer.peer_id and a.device_index == index and a.device is not None
+            and (a.device.kind, a.device.name) == (d.kind, d.name)
+            and now - ATTESTATION_TRUST_S <= a.time <= now + ATTESTATION_MAX_SKEW_S):
+        return 0.0
+    return min(a.tflops, d.tflops)
+
+
+def matching_devices(offer: Offer, want: Wanted, verifiers: set[str] | None = None) -> list[tuple[Device, float]]:
+    """(device, attested TFLOPS) for each free device of the offer that fits `want`."""
     out = []
-    for d in offer.devices:
+    for i, d in enumerate(offer.devices):
         if d.busy:
             continue
         if want.kind and d.kind != want.kind:
             continue
         if want.gpu and want.gpu.lower() not in d.name.lower():
             continue
-        if d.tflops < want.min_tflops:
+        tflops = attested_tflops(offer, i, verifiers)
+        if tflops < want.min_tflops:
             continue
-        out.append(d)
+        out.append((d, tflops))
     return out
 
 
-def rank(offers: list[Offer], want: Wanted, reputation: Reputation | None = None) -> list[Offer]:
-    """Offers that fit, best first: price / (1 + attested TFLOPS of the best matching device) x history penalty."""
+def rank(offers: list[Offer], want: Wanted, reputation: Reputation | None = None,
+         verifiers: set[str] | None = None) -> list[Offer]:
+    """Offers that fit, best first: price / (1 + attested TFLOPS of the best matching device) x history penalty.
+
+    `verifiers` are the network's operators (PeerIDs): only their signed attestations count as capacity."""
     scored = []
     for o in offers:
         if want.max_price is not None and o.price > want.max_price:
             continue
         if not o.min_s <= want.max_s <= o.max_s:
             continue
-        devs = matching_devices(o, want)
+        devs = matching_devices(o, want, verifiers)
         if not devs:
             continue
-        capacity = max(d.tflops for d in devs)
+        capacity = max(t for _, t in devs)
         pen = reputation.get(o.peer_id).penalty() if reputation is not None else 1.0
         scored.append(((o.price / (1.0 + capacity)) * pen, o.peer_id, o))
     scored.sort(key=lambda t: (t[0], t[1]))
     return [o for _, _, o in scored]
 
 
-__all__ = ["Record", "Reputation", "Wanted", "matching_devices", "rank"]
+__all__ = ["Record", "Reputation", "Wanted", "attested_tflops", "matching_devices", "rank"]

@@ -21,7 +21,8 @@ ID = Identity.generate()
 
 devices = st.builds(Device, kind=st.sampled_from(["cuda", "cpu"]), name=st.text(max_size=128),
                     mem_bytes=st.integers(0, 2**50), tflops=st.floats(0, 1e6, allow_nan=False),
-                    attested_at=st.integers(0, 2**40), attested_by=st.text(max_size=64))
+                    attested_at=st.integers(0, 2**40), attested_by=st.text(max_size=64),
+                    attestation=st.binary(max_size=1024))
 offers = st.builds(
     lambda devs, price, a, b, seq, exp, addrs: Offer(
         peer_id=ID.peer_id, payout=ID.address, devices=devs, price=price, min_s=min(a, b), max_s=max(a, b),
@@ -116,9 +117,10 @@ def test_typed_errors():
         open_envelope(seal(seal_bad, ID), Offer)
     with pytest.raises(SchemaError):
         open_envelope(seal(sample_offer(min_s=5, max_s=1), ID), Offer)
-    with pytest.raises(OversizeMessage):
+    with pytest.raises(OversizeMessage):  # 64 devices, each with the largest attestation, and long addresses
         seal(sample_offer(addrs=["x" * 250] * 16, devices=[Device(kind="cpu", name="n" * 128, mem_bytes=1,
-                                                                 attested_by="a" * 64)] * 64), ID)
+                                                                 attested_by="a" * 64, attestation=b"s" * 1024)] * 64),
+             ID)
 
 
 @given(st.integers(0, 2**28 - 1))

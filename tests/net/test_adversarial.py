@@ -20,7 +20,7 @@ from p2pnode.net.host import HostSettings, peer_info, running_host
 from p2pnode.operator import BootstrapNode
 from p2pnode.provider import ProviderNode
 from p2pnode.renter import LightClient
-from p2pnode.wire import pack, seal, signing_payload
+from p2pnode.wire import MAX_OFFER_SIZE, pack, seal, signing_payload
 
 from .conftest import CPU, LOOPBACK, eventually, net_config, node_config, start
 
@@ -83,7 +83,7 @@ async def test_bad_offers_rejected_counted_penalised(homes):
                 await expect(offer_bytes(attacker_id, seq=8, expires_in=-5), "OfferExpired")
                 await expect(offer_bytes(attacker_id, seq=9, expires_in=3600), "OfferTooFarAhead")
                 await expect(offer_bytes(attacker_id, seq=3, price=1), "StaleSeq")  # replayed lower seq
-                await expect(os.urandom(20_000), "OversizeGossip")
+                await expect(os.urandom(MAX_OFFER_SIZE + 4096), "OversizeGossip")
                 await expect(os.urandom(200), "MalformedMessage")
                 await expect(pack([1, 2, 3]), "MalformedMessage")  # valid msgpack, not an envelope
                 await expect(signed_envelope(attacker_id, "offer", {"peer_id": me, "price": "free"}), "SchemaError")
