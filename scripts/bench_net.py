@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import trio
@@ -281,6 +282,19 @@ async def _finish_child(proc, rest: bytes) -> dict:
     return json.loads(lines[-1]) if lines else {}
 
 
+@asynccontextmanager
+async def _sink(kind: str, bulk_mib: int, read_size: int, profile: str | None = None):
+    """A sink child for the block: yields (its first JSON line, report) where ``await report()`` waits for it to
+    exit and returns its last JSON line; the child is killed if the block leaves early."""
+    proc, hello, rest = await _spawn_sink(kind, bulk_mib, read_size, profile)
+    try:
+        yield hello, lambda: _finish_child(proc, rest)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
 async def bench_bulk_processes(bulk_mib: int, read_size: int = 1 << 20, profile_prefix: str | None = None,
                                write_size: int = STREAM_WRITE) -> dict:
     """Sender here, receiver in its own process; libp2p stream then raw TCP, the same 1 MiB chunks.
@@ -294,9 +308,8 @@ async def bench_bulk_processes(bulk_mib: int, read_size: int = 1 << 20, profile_
     chunk = os.urandom(1 << 20)  # 1 MiB writes, the DESIGN.md bulk chunk size
     out: dict = {}
 
-    proc, hello, rest = await _spawn_sink("bulk-sink", bulk_mib, read_size,
-                                          profile_prefix + ".sink.prof" if profile_prefix else None)
-    try:
+    async with _sink("bulk-sink", bulk_mib, read_size,
+                     profile_prefix + ".sink.prof" if profile_prefix else None) as (hello, report):
         async with running_host(Identity.generate(), HostSettings(listen=[LOOP])) as h:
             info = peer_info(hello["addr"])
             await h.connect(info)
@@ -324,11 +337,7 @@ async def bench_bulk_processes(bulk_mib: int, read_size: int = 1 << 20, profile_
             else:
                 dt = await send()
             await s.close()
-        got = await _finish_child(proc, rest)
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+        got = await report()
     assert got.get("received", 0) >= bulk_mib << 20, got
     out["bulk_2proc_libp2p_MBps"] = (bulk_mib << 20) / dt / 1e6
     # CPU seconds / wall seconds of each end while the bytes flow (an end near 1.0 is CPU-bound), and the share
@@ -341,8 +350,7 @@ async def bench_bulk_processes(bulk_mib: int, read_size: int = 1 << 20, profile_
     out["bulk_2proc_sink_recv_window_kib"] = (got.get("target_recv_window") or 0) / 1024
     out["bulk_2proc_sink_reads"] = got.get("reads")
 
-    proc, hello, rest = await _spawn_sink("tcp-sink", bulk_mib, read_size, None)
-    try:
+    async with _sink("tcp-sink", bulk_mib, read_size) as (hello, report):
         client = await trio.open_tcp_stream("127.0.0.1", hello["port"])
         t = time.perf_counter()
         for _ in range(bulk_mib):
@@ -352,11 +360,7 @@ async def bench_bulk_processes(bulk_mib: int, read_size: int = 1 << 20, profile_
         dt = time.perf_counter() - t
         assert ack == b"k", ack
         await client.aclose()
-        got = await _finish_child(proc, rest)
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+        await report()
     out["bulk_2proc_raw_tcp_MBps"] = (bulk_mib << 20) / dt / 1e6
     out["bulk_2proc_ratio_to_raw_tcp"] = out["bulk_2proc_libp2p_MBps"] / out["bulk_2proc_raw_tcp_MBps"]
     return out

@@ -51,18 +51,17 @@ class BlobRef(Record):
         return data
 
 
-def chunks(data: bytes, size: int = CHUNK):
-    """Split into frames of at most `size` bytes (an empty blob is zero chunks)."""
-    view = memoryview(data)
-    for i in range(0, len(data), size):
-        yield bytes(view[i:i + size])
+def chunks(data: bytes | memoryview, size: int = CHUNK):
+    """Views of at most `size` bytes each (an empty blob is zero chunks); framing them is their one copy."""
+    view = memoryview(data).cast("B")
+    for i in range(0, len(view), size):
+        yield view[i:i + size]
 
 
-async def send_blob(fs: FramedStream, data: bytes) -> BlobRef:
-    """Send the raw chunks of `data`; the caller has already sent its BlobRef inside a signed message."""
+async def send_blob(fs: FramedStream, data: bytes | memoryview) -> None:
+    """Send the raw chunks of `data`; the caller has already sent its BlobRef (so its hash) in a signed message."""
     for part in chunks(data):
         await fs.send(part)
-    return BlobRef.of(data)
 
 
 async def receive_blob(fs: FramedStream, ref: BlobRef, *, max_size: int = DEFAULT_MAX_BLOB,

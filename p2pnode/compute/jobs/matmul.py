@@ -69,18 +69,6 @@ def to_raw(x32: np.ndarray, dtype: str) -> Data:
     return memoryview(arr.reshape(-1).view(np.uint8))
 
 
-def from_raw(data: Data, dtype: str, shape: tuple[int, ...]) -> np.ndarray:
-    """Wire bytes -> float64 array (exact for all three dtypes)."""
-    code = DTYPES[dtype][0]
-    count = int(np.prod(shape))
-    if len(data) != count * np.dtype(code).itemsize:
-        raise JobError(f"matmul: {len(data)} bytes do not hold {shape} {dtype}")
-    arr = np.frombuffer(data, dtype=code).reshape(shape)
-    if dtype == "bf16":
-        arr = bf16_bits_to_f32(arr)
-    return arr.astype(np.float64)
-
-
 def seeded_inputs(spec: MatmulSpec) -> tuple[Data, Data]:
     """A then B from the spec's seed, as wire bytes.
 
