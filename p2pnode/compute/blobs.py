@@ -11,6 +11,7 @@ import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..errors import ProtocolError, UserError
 from ..wire import MAX_CHUNK, FramedStream, OversizeMessage, Record, bounded
@@ -73,15 +74,23 @@ async def receive_blob(fs: FramedStream, ref: BlobRef, *, max_size: int = DEFAUL
     buf = memoryview(bytearray(ref.size)) if into is None else into
     if len(buf) != ref.size or buf.readonly:
         raise ValueError(f"receive_blob needs a writable buffer of {ref.size} bytes")
-    got = 0
-    while got < ref.size:
-        part = await fs.receive(max_size=MAX_CHUNK)
-        if not part or got + len(part) > ref.size:
-            raise BlobError(f"blob {ref.hex[:16]}: chunking does not add up to {ref.size} bytes")
-        buf[got:got + len(part)] = part
-        got += len(part)
+    await receive_into(fs, buf)
     ref.check_data(buf)
     return buf
+
+
+async def receive_into(fs: FramedStream, buf: memoryview, hasher: Any = None) -> None:
+    """Fill `buf` exactly with raw chunk frames (a chunk running past its end is a :class:`BlobError`), feeding
+    each chunk to `hasher` as it lands, so a blob received in parts is hashed on the way in."""
+    got, size = 0, len(buf)
+    while got < size:
+        part = await fs.receive(max_size=MAX_CHUNK)
+        if not part or got + len(part) > size:
+            raise BlobError(f"chunking does not add up to {size} bytes")
+        buf[got:got + len(part)] = part
+        if hasher is not None:
+            hasher.update(part)
+        got += len(part)
 
 
 class BlobStore:

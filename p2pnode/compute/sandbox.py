@@ -10,7 +10,8 @@ Start-up cost is torch's import (~2 s here), so :class:`WorkerPool` keeps a warm
 imported torch once and forks a fresh process for each job (~27 ms from task to result for a tiny job); a worker
 is replaced only when a timeout or cancel kills it. Inputs and outputs move as files in the job's private
 directory (:class:`JobFiles`, on /dev/shm when it has room) that both sides map, so a blob is never copied between
-node and job; progress and the result come as msgpack frames on the worker's stdout. Any failure — crash, OOM,
+node and job; progress, output parts (so the node can send a large output while the rest is computed) and the
+result come as msgpack frames on the worker's stdout. Any failure — crash, OOM,
 timeout, bad input — is a :class:`JobResult`, so the node keeps serving.
 """
 
@@ -64,6 +65,20 @@ class Limits:
     nofile: int = 256
     fsize_bytes: int = 4 << 30
     threads: int = 0  # torch intra-op threads; 0 = torch's default
+
+
+@dataclass(frozen=True)
+class OutputPart:
+    """The job says bytes [0, upto) of its output `index` (a file of `size` bytes at `path`) are final: the node
+    may read and send them while the job computes the rest. The job's later result names the same file."""
+
+    index: int
+    path: Path
+    size: int
+    upto: int
+
+
+PartCallback = Callable[[OutputPart], Any]
 
 
 @dataclass
@@ -168,10 +183,11 @@ class Worker:
                 if pipe is not None:
                     await pipe.aclose()
 
-    async def execute(self, task: dict[str, Any], wall_s: float,
-                      progress: Callable[[float], Any] | None) -> tuple[str, dict[str, Any] | None]:
-        """Send the task, pump progress frames until the worker reports the job's process gone: ('done', result),
-        (failure status, None) or ('timeout', None). Afterwards :attr:`reusable` says if it can take another."""
+    async def execute(self, task: dict[str, Any], wall_s: float, progress: Callable[[float], Any] | None,
+                      on_part: Callable[[Any], Any] | None = None) -> tuple[str, dict[str, Any] | None]:
+        """Send the task, pump progress and part frames until the worker reports the job's process gone: ('done',
+        result), (failure status, None) or ('timeout', None). Afterwards :attr:`reusable` says if it can take
+        another. `on_part` gets each part frame's raw list (checked by the caller, which knows the directory)."""
         self.reusable, self.child, self.stderr = False, 0, bytearray()
         await self.proc.stdin.send_all(_frame(pack(task)))
         result: dict[str, Any] | None = None
@@ -187,6 +203,9 @@ class Worker:
                 if "progress" in msg:
                     if progress is not None:
                         progress(float(msg["progress"]))
+                elif "part" in msg:
+                    if on_part is not None:
+                        on_part(msg["part"])
                 elif "child" in msg:
                     self.child = int(msg["child"])
                 elif "exited" in msg:
@@ -307,8 +326,54 @@ def _job_files(inputs: list[Data] | JobFiles) -> tuple[JobFiles, bool]:
     return files, True
 
 
+class _Parts:
+    """Checks the job's part frames before the node acts on them: a file in the job's directory, an index and
+    sizes that only move forward; remembers them so the result can be held to them."""
+
+    def __init__(self, workdir: Path, on_part: PartCallback | None) -> None:
+        self.workdir = workdir
+        self.on_part = on_part
+        self.seen: dict[int, OutputPart] = {}
+        self.error = ""
+
+    def __call__(self, raw: Any) -> None:
+        if self.error:
+            return
+        try:
+            index, name, size, upto = raw
+            if not (isinstance(index, int) and isinstance(size, int) and isinstance(upto, int)
+                    and isinstance(name, str)):
+                raise ValueError("types")
+        except (TypeError, ValueError):
+            self.error = "worker sent a malformed part frame"
+            return
+        before = self.seen.get(index)
+        if not _safe_name(name) or not 0 <= index < 16 or not 0 < upto <= size or (
+                before is not None and (before.path.name != name or before.size != size or upto < before.upto)):
+            self.error = f"worker sent an inconsistent part frame for output {index}"
+            return
+        part = OutputPart(index, self.workdir / name, size, upto)
+        self.seen[index] = part
+        if self.on_part is not None:
+            self.on_part(part)
+
+    def check(self, names: list[Any]) -> str:
+        """Why the result contradicts the parts sent, or ''."""
+        if self.error:
+            return self.error
+        for index, part in self.seen.items():
+            if index >= len(names) or names[index] != part.path.name:
+                return f"the job reported part of output {index} but returned another file"
+        return ""
+
+
+def _safe_name(name: Any) -> bool:
+    return isinstance(name, str) and bool(name) and "/" not in name and not name.startswith(".")
+
+
 async def _run_on(worker: Worker, task: dict[str, Any], inputs: list[Data] | JobFiles, limits: Limits,
-                  progress: Callable[[float], Any] | None, *, keep: bool = False) -> JobResult:
+                  progress: Callable[[float], Any] | None, *, keep: bool = False,
+                  on_part: PartCallback | None = None) -> JobResult:
     """One task on `worker`; the worker is killed afterwards unless `keep` and it is ready for another."""
     t0 = time.perf_counter()
     files, own = None, False
@@ -321,7 +386,8 @@ async def _run_on(worker: Worker, task: dict[str, Any], inputs: list[Data] | Job
         task = dict(task, dir=str(workdir), inputs=files.names, device=child_device(worker.device)[1],
                     limits={"cpu_s": limits.cpu_s, "nofile": limits.nofile, "fsize": limits.fsize_bytes,
                             "mem": limits.mem_bytes}, threads=limits.threads)
-        status, msg = await worker.execute(task, limits.wall_s, progress)
+        parts = _Parts(workdir, on_part)
+        status, msg = await worker.execute(task, limits.wall_s, progress, parts)
         wall = time.perf_counter() - t0
         if status == "timeout":
             return JobResult("timeout", message=f"killed after the {limits.wall_s:g} s wall-clock limit",
@@ -339,11 +405,12 @@ async def _run_on(worker: Worker, task: dict[str, Any], inputs: list[Data] | Job
         if "connected" in msg:  # the isolation probe
             return JobResult("ok", outputs=[b"1" if msg["connected"] else b"0"], message=msg.get("message", ""),
                              wall_s=wall, isolated=worker.isolated)
-        outputs = []
-        for name in msg.get("outputs", []):
-            if not isinstance(name, str) or "/" in name or name.startswith("."):
-                return JobResult("crashed", message="worker named an output outside its directory", wall_s=wall)
-            outputs.append(map_file(workdir / name))
+        names = msg.get("outputs", [])
+        if not isinstance(names, list) or not all(map(_safe_name, names)):
+            return JobResult("crashed", message="worker named an output outside its directory", wall_s=wall)
+        if why := parts.check(names):
+            return JobResult("crashed", message=why, wall_s=wall, isolated=worker.isolated)
+        outputs = [map_file(workdir / name) for name in names]
         return JobResult("ok", outputs=outputs, seconds=float(msg.get("seconds", 0.0)), wall_s=wall,
                          isolated=worker.isolated)
     finally:
@@ -354,7 +421,8 @@ async def _run_on(worker: Worker, task: dict[str, Any], inputs: list[Data] | Job
 
 
 async def run_job(spec: JobSpec, inputs: list[Data] | JobFiles, device: str = "cpu", limits: Limits = Limits(),
-                  progress: Callable[[float], Any] | None = None, *, isolate: bool | None = None) -> JobResult:
+                  progress: Callable[[float], Any] | None = None, *, isolate: bool | None = None,
+                  on_part: PartCallback | None = None) -> JobResult:
     """One job in a freshly started (cold) worker; the node uses :class:`WorkerPool` for warm start-up."""
     try:
         child_device(device)
@@ -365,7 +433,8 @@ async def run_job(spec: JobSpec, inputs: list[Data] | JobFiles, device: str = "c
             worker = await Worker.start(nursery, device, isolate=isolate)
         except (OSError, trio.TooSlowError, FrameError, MalformedMessage) as exc:
             return JobResult("crashed", message=f"worker did not start: {exc}")
-        return await _run_on(worker, {"task": "job", "spec": spec.encode()}, inputs, limits, progress)
+        return await _run_on(worker, {"task": "job", "spec": spec.encode()}, inputs, limits, progress,
+                             on_part=on_part)
 
 
 async def probe_network(host: str, port: int, *, isolate: bool | None = None) -> JobResult:
@@ -430,8 +499,10 @@ class WorkerPool:
                 self._ready[d][0].send_nowait(w)
 
     async def run_job(self, spec: JobSpec, inputs: list[Data] | JobFiles, device: str = "cpu",
-                      limits: Limits = Limits(), progress: Callable[[float], Any] | None = None) -> JobResult:
-        """Run in a fresh process forked from a warm worker for `device`, which then takes the next job."""
+                      limits: Limits = Limits(), progress: Callable[[float], Any] | None = None, *,
+                      on_part: PartCallback | None = None) -> JobResult:
+        """Run in a fresh process forked from a warm worker for `device`, which then takes the next job;
+        `on_part` hears of each output part the job finishes (see :class:`OutputPart`)."""
         if device not in self._ready or self._nursery is None:
             return JobResult("bad_input", message=f"device {device!r} is not served by this node")
         with trio.move_on_after(READY_TIMEOUT_S) as scope:
@@ -439,7 +510,8 @@ class WorkerPool:
         if scope.cancelled_caught:
             return JobResult("crashed", message="no worker became ready")
         try:
-            return await _run_on(worker, {"task": "job", "spec": spec.encode()}, inputs, limits, progress, keep=True)
+            return await _run_on(worker, {"task": "job", "spec": spec.encode()}, inputs, limits, progress, keep=True,
+                                 on_part=on_part)
         finally:
             if worker.reusable:  # the usual case: the job's process is gone, the worker waits for the next task
                 self._ready[device][0].send_nowait(worker)

@@ -8,7 +8,9 @@ limits to itself (working directory, rlimits, environment), runs one registered 
 A job never runs in the worker itself, so nothing a job does survives it, and each job starts in milliseconds
 from a copy of a process that has torch loaded and has run no job code.
 
-Frames from the worker itself: ``{"ready": True}`` at start; ``{"child": pid}`` when a job's process exists;
+Frames from the job: ``{"progress": f}``, ``{"part": [index, file, size, upto]}`` (the first `upto` bytes of
+output `index`, in its file of `size` bytes, are final), then the result. Frames from the worker itself:
+``{"ready": True}`` at start; ``{"child": pid}`` when a job's process exists;
 ``{"exited": code, "ready": True}`` when it is gone (code as ``subprocess`` reports it: -N for signal N).
 """
 
@@ -98,17 +100,27 @@ def apply_limits(task: dict) -> None:
 
 
 class OutputFiles:
-    """The allocator a runner writes large outputs into: each buffer is a new file in the job's directory, mapped
-    shared, which the node maps in turn, so the result is never copied on its way out."""
+    """The allocator a runner writes large outputs into (``jobs.Outputs``): each buffer is a new file in the job's
+    directory, mapped shared, which the node maps in turn, so the result is never copied on its way out; and
+    :meth:`ready` tells the node which leading bytes of one are final, so it can send them during the job."""
 
     def __init__(self) -> None:
         self.files: list[tuple[str, memoryview]] = []
+        self.reported: dict[int, int] = {}  # output index -> bytes reported final
 
     def __call__(self, nbytes: int) -> memoryview:
         name = f"out_{len(self.files)}"
         view = new_mapped_file(name, nbytes)
         self.files.append((name, view))
         return view
+
+    def ready(self, index: int, upto: int) -> None:
+        """Bytes [0, upto) of the index-th buffer are final, and that buffer is the runner's output `index`."""
+        name, view = self.files[index]
+        if not self.reported.get(index, 0) <= upto <= len(view):
+            raise ValueError(f"output {index}: {upto} bytes final after {self.reported.get(index, 0)} of {len(view)}")
+        self.reported[index] = upto
+        write_frame({"part": [index, name, len(view), upto]})
 
     def name_of(self, out) -> str:
         """The file holding `out`: its own if the runner allocated it here, else a new one it is copied into."""
@@ -118,6 +130,13 @@ class OutputFiles:
         data = memoryview(out).cast("B")
         self(len(data))[:] = data
         return self.files[-1][0]
+
+    def names(self, outputs: list) -> list[str]:
+        names = [self.name_of(o) for o in outputs]
+        for index in self.reported:
+            if index >= len(names) or names[index] != self.files[index][0]:
+                raise RuntimeError(f"the runner reported part of output {index} but returned another buffer")
+        return names
 
 
 def run_job(task: dict) -> dict:
@@ -135,7 +154,7 @@ def run_job(task: dict) -> dict:
         t0 = time.perf_counter()
         out = OutputFiles()
         outputs = jobs.run(spec, inputs, task["device"], lambda f: write_frame({"progress": float(f)}), alloc=out)
-        names = [out.name_of(o) for o in outputs]
+        names = out.names(outputs)
         seconds = time.perf_counter() - t0
     except ProtocolError as exc:
         return {"ok": False, "error": "bad_input", "message": f"{type(exc).__name__}: {exc}"[:500]}

@@ -2,7 +2,7 @@
 
 The exchange (R = renter, P = provider; every wait is bounded by ``market.request_timeout_s`` unless noted)::
 
-    R -> P  job_request    {req_id, spec, max_price, max_s, arbiter, payout, device}
+    R -> P  job_request    {req_id, spec, max_price, max_s, arbiter, payout, device, stream_outputs}
     P -> R  job_quote      {req_id, agreement, price, min_s, max_s, spec_sha256, device, voucher_interval_s, expires_at}
          |  job_refusal    {req_id, reason: busy|price|kind|too_large|stake|bad_request|expired|internal, detail}
     R -> P  job_accept     {quote: the provider-signed job_quote envelope, byte for byte}   (both store it first)
@@ -11,7 +11,11 @@ The exchange (R = renter, P = provider; every wait is bounded by ``market.reques
     R -> P  <input blobs>  raw chunk frames (<= 1 MiB each) of spec.inputs in order; sizes from the spec, sha256 checked
     P -> R  job_progress   {job_id, state: "started", ...}   then "running" frames while the job runs
     R -> P  voucher        every voucher_interval_s of work   P -> R  voucher_ack {job_id, cumulative, error}
+    P -> R  job_output     {job_id, index, offset, size, total}, then `size` bytes as chunks: a finished part of
+                           output `index` while the job computes the rest (only if the request said
+                           stream_outputs; parts of one output come in order, offset = bytes sent before)
     P -> R  job_result     {job_id, status, outputs: [BlobRef], seconds, message}, then the output blobs as chunks
+                           (of a streamed output only the bytes after its parts; the sha256 covers all of it)
     R       verifies (numpy only)
     R -> P  job_verdict    {job_id, ok, final, reason}
     R -> P  voucher        final amount (ok only)  P -> R  voucher_ack
@@ -42,6 +46,7 @@ from ..wire import KiB, Device, FramedStream, Message, SchemaError, Signed, Wire
 
 JOB_PROTOCOL = "/iog/job/1.0.0"
 REQ_ID_LEN = 16
+MAX_OUTPUTS = 16
 REASONS = ("busy", "price", "kind", "too_large", "stake", "bad_request", "expired", "internal")
 RESULT_STATUSES = ("ok", "timeout", "oom", "cpu_exceeded", "crashed", "bad_input", "cancelled")
 STATES = ("started", "running")
@@ -80,6 +85,7 @@ class JobRequest(Message):
     arbiter: str = bounded(max_len=44)
     payout: str = bounded(max_len=44)  # where the renter's change goes: its own address (the escrow refunds its ATA)
     device: str = bounded(max_len=128, default="")  # wanted device name substring ("" = any)
+    stream_outputs: bool = False  # the renter takes job_output parts during the job (a provider may still not)
 
 
 @message("job_quote", max_size=8 * KiB)
@@ -151,13 +157,30 @@ class VoucherAck(Message):
 class JobResultMsg(Message):
     job_id: bytes = bounded(exact_len=JOB_ID_LEN)
     status: str = bounded(max_len=16)
-    outputs: list[BlobRef] = bounded(max_len=16, default=[])
+    outputs: list[BlobRef] = bounded(max_len=MAX_OUTPUTS, default=[])
     seconds: float = bounded(min=0.0, max=1e9, default=0.0)
     message: str = bounded(max_len=512, default="")
 
     def check(self, where: str) -> None:
         if self.status not in RESULT_STATUSES:
             raise SchemaError(f"{where}.status: {self.status!r} not one of {RESULT_STATUSES}")
+
+
+@message("job_output", max_size=1 * KiB)
+@dataclass(frozen=True)
+class JobOutput(Message):
+    """Announces the next `size` bytes (raw chunk frames follow) of output `index`, at `offset` of its `total`.
+    Not a commitment: the signed job_result's sha256 is, and it covers these bytes."""
+
+    job_id: bytes = bounded(exact_len=JOB_ID_LEN)
+    index: int = bounded(min=0, max=MAX_OUTPUTS - 1)
+    offset: int = bounded(min=0, max=2**40)
+    size: int = bounded(min=1, max=2**40)
+    total: int = bounded(min=1, max=2**40)
+
+    def check(self, where: str) -> None:
+        if self.offset + self.size > self.total:
+            raise SchemaError(f"{where}: part [{self.offset}, {self.offset + self.size}) outside {self.total} bytes")
 
 
 @message("job_verdict", max_size=2 * KiB)
@@ -255,6 +278,6 @@ def now() -> int:
     return int(time.time())
 
 
-__all__ = ["EscrowFunded", "JOB_PROTOCOL", "JobAccept", "JobProgress", "JobQuote", "JobRefusal", "JobRequest",
+__all__ = ["EscrowFunded", "JOB_PROTOCOL", "JobAccept", "JobOutput", "JobProgress", "JobQuote", "JobRefusal", "JobRequest",
            "JobResultMsg", "JobSettled", "JobStream", "JobVerdict", "NegotiationError", "PeerTimeout", "REASONS",
            "Refused", "VoucherAck", "WireError", "spec_digest"]

@@ -27,7 +27,7 @@ from ..chain import escrow
 from ..chain.stake import required_stake, stake_of
 from ..compute.blobs import BlobError, BlobRef, receive_blob, send_blob
 from ..compute.jobs import KINDS, JobError, JobSpec
-from ..compute.sandbox import JobFiles, Limits, WorkerPool
+from ..compute.sandbox import JobFiles, Limits, PartCallback, WorkerPool
 from ..config import NodeConfig
 from ..errors import ProtocolError
 from ..identity import Identity, solana_address
@@ -38,6 +38,7 @@ from .agreements import Agreements
 from .negotiation import (JOB_PROTOCOL, EscrowFunded, JobAccept, JobProgress, JobQuote, JobRequest, JobResultMsg,
                           JobSettled, JobStream, JobVerdict, NegotiationError, PeerTimeout, Refused, VoucherAck,
                           spec_digest)
+from .output_parts import PartSender
 
 log = logging.getLogger(__name__)
 
@@ -262,7 +263,8 @@ class JobService:
         return False
 
     async def run_job(self, spec: JobSpec, inputs: JobFiles, slot: Slot, max_s: float,
-                      progress: Callable[[float], None]) -> Any:
+                      progress: Callable[[float], None], on_part: PartCallback | None = None) -> Any:
+        """`on_part` hears of output parts the job finishes early (not from a test's in-process runner)."""
         # CPU "devices" share the machine's cores: split them so concurrent jobs do not oversubscribe
         cpu_slots = sum(s.torch_device == "cpu" for s in self.slots)
         threads = max(1, (os.cpu_count() or 1) // cpu_slots) if slot.torch_device == "cpu" and cpu_slots > 1 else 0
@@ -270,7 +272,7 @@ class JobService:
         if self._runner is not None:
             result = await self._runner(spec, inputs.inputs, slot.torch_device, limits, progress)
         else:
-            result = await self._pool.run_job(spec, inputs, slot.torch_device, limits, progress)
+            result = await self._pool.run_job(spec, inputs, slot.torch_device, limits, progress, on_part=on_part)
         if self.tamper is not None:
             result = self.tamper(result)
         return result
@@ -429,30 +431,45 @@ class _Job:
         fraction = [0.0]
         await js.send(JobProgress(job_id=a.job_id, state="started"))
         self.abort_reason = ""
+        # outputs go to the renter part by part while the job runs, if it asked for that
+        sender = PartSender(js, svc.identity, a.job_id, svc.market.request_timeout_s) if req.stream_outputs else None
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._reader, nursery.cancel_scope)
             nursery.start_soon(self._heartbeat, started, fraction)
             nursery.start_soon(self._watchdog, quote.voucher_interval_s, nursery.cancel_scope)
+            if sender is not None:
+                nursery.start_soon(sender.run)
             result = await svc.run_job(req.spec, inputs, self.slot, float(req.max_s),
-                                       lambda f: fraction.__setitem__(0, max(0.0, min(1.0, f))))
+                                       lambda f: fraction.__setitem__(0, max(0.0, min(1.0, f))),
+                                       sender.on_part if sender is not None else None)
+            t_out = time.monotonic()
             status = result.status if result.status in ("ok", "timeout", "oom", "cpu_exceeded", "crashed",
                                                         "bad_input") else "crashed"
             outputs = list(result.outputs) if result.ok else []
-            t_out = time.monotonic()
+            message = result.message
+            if sender is not None:
+                await sender.finish()
+                rest = sender.remainders(outputs)
+                if rest is None:
+                    status, outputs, message = "crashed", [], "the job's outputs contradict the parts it sent"
+            else:
+                rest = [memoryview(o).cast("B") for o in outputs]
             msg = JobResultMsg(job_id=a.job_id, status=status, outputs=[BlobRef.of(o) for o in outputs],
-                               seconds=float(result.seconds or result.wall_s), message=result.message[:512])
+                               seconds=float(result.seconds or result.wall_s), message=message[:512])
             svc.agreements.update(a.job_id, state="done", seconds=time.monotonic() - started,
                                   verdict=status)
             # the result and its blobs go out as one run of frames: a heartbeat or voucher_ack slipped in between
             # would be read as a blob chunk by the renter
+            tail = sum(map(len, rest or []))
             async with js._send_lock:
-                with trio.fail_after(svc.market.request_timeout_s + sum(map(len, outputs)) / (1 << 20)):
+                with trio.fail_after(svc.market.request_timeout_s + tail / (1 << 20)):
                     await js.fs.send_message(msg, svc.identity)
-                    for out in outputs:
-                        await send_blob(js.fs, out)
+                    for part in rest or []:
+                        await send_blob(js.fs, part)
             svc.stats.completed += 1
-            log.info("job %s: %s after %.2f s (runner %.2f s); %d output bytes sent in %.2f s", a.job_id.hex()[:8],
-                     status, t_out - started, result.seconds, sum(map(len, outputs)), time.monotonic() - t_out)
+            log.info("job %s: %s after %.2f s (runner %.2f s); %d output bytes, %d of them after the job, in "
+                     "%.2f s", a.job_id.hex()[:8], status, t_out - started, result.seconds, sum(map(len, outputs)),
+                     tail, time.monotonic() - t_out)
             # the verdict, then (if ok) the final voucher
             with trio.move_on_after(svc.market.request_timeout_s + sum(len(o) for o in outputs) / (4 << 20)):
                 await self.verdict_event.wait()

@@ -26,7 +26,7 @@ import trio
 
 from ..chain import escrow
 from ..compute.attest_service import operator_peer_ids
-from ..compute.blobs import receive_blob, send_blob
+from ..compute.blobs import send_blob
 from ..compute.jobs import Data, JobSpec, Prepared, prepare, verify
 from ..config import NodeConfig
 from ..errors import ProtocolError, UserError
@@ -35,9 +35,10 @@ from ..store import Store
 from ..wire import Offer, WireError
 from . import pricing
 from .agreements import FINAL, Agreements
-from .negotiation import (JOB_PROTOCOL, EscrowFunded, JobAccept, JobProgress, JobQuote, JobRequest, JobResultMsg,
-                          JobSettled, JobStream, JobVerdict, NegotiationError, PeerTimeout, Refused, VoucherAck,
-                          spec_digest)
+from .negotiation import (JOB_PROTOCOL, EscrowFunded, JobAccept, JobOutput, JobProgress, JobQuote, JobRequest,
+                          JobResultMsg, JobSettled, JobStream, JobVerdict, NegotiationError, PeerTimeout, Refused,
+                          VoucherAck, spec_digest)
+from .output_parts import PartReceiver
 from .reputation import Reputation, Wanted, rank
 
 log = logging.getLogger(__name__)
@@ -392,7 +393,7 @@ class _RenterJob:
         r, m, js, want = self.r, self.r.market, self.js, self.want
         req = JobRequest(req_id=os.urandom(16), spec=self.spec, max_price=want.max_price if want.max_price is not None
                          else self.offer.price, max_s=want.max_s, arbiter=self.arbiter, payout=r.address,
-                         device=want.gpu or "")
+                         device=want.gpu or "", stream_outputs=True)
         r.progress("negotiation", f"asking {self.offer.peer_id[-8:]} ({self.offer.price} per device-hour)")
         await js.send(req)
         signed = await js.recv(JobQuote)
@@ -529,10 +530,12 @@ class _RenterJob:
                 if amount > self.cumulative:
                     await self._send_voucher(amount)
 
+        parts = PartReceiver(js.fs, m.max_output_bytes, m.request_timeout_s)
+
         @guarded
         async def listen(scope: trio.CancelScope) -> None:
             while True:
-                signed = await js.recv((JobProgress, VoucherAck, JobResultMsg), timeout_s=silence)
+                signed = await js.recv((JobProgress, VoucherAck, JobOutput, JobResultMsg), timeout_s=silence)
                 msg = signed.message
                 if getattr(msg, "job_id", None) != q.agreement.job_id:
                     raise NegotiationError("frame for another job")
@@ -542,15 +545,16 @@ class _RenterJob:
                         log.warning("provider refused a voucher: %s", msg.error)
                 elif isinstance(msg, JobProgress):
                     self.r.progress("run", f"{msg.fraction * 100:.0f}% after {msg.elapsed_s:.1f} s")
+                elif isinstance(msg, JobOutput):
+                    if not parts.bufs:
+                        self._mark("first_part")
+                    await parts.receive(msg)
                 else:
                     seconds = time.monotonic() - started
-                    outs = []
                     total = sum(ref.size for ref in msg.outputs)
                     if total > m.max_output_bytes:
                         raise NegotiationError(f"outputs of {total} bytes exceed our {m.max_output_bytes}")
-                    for ref in msg.outputs:
-                        with trio.fail_after(m.request_timeout_s + ref.size / (1 << 20)):
-                            outs.append(await receive_blob(js.fs, ref, max_size=m.max_output_bytes))
+                    outs = await parts.finish(msg.outputs)
                     result.extend([signed, outs, seconds])
                     scope.cancel()
                     return

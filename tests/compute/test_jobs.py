@@ -171,3 +171,34 @@ def test_malicious_archives_are_real_exploits_for_plain_torch(tmp_path):
     ep = torch.export.load(io.BytesIO(archives["guards_code"]))
     ep.module()(torch.zeros(16, 12))  # guards are checked on call: the exec'd guard runs os.system
     assert marker.exists(), "guards_code did not execute under torch.export.load + module()"
+
+
+def test_matmul_parts_cover_c_once_in_memory_order_and_are_reported_as_they_finish():
+    from p2pnode.compute.jobs import Outputs
+    from p2pnode.compute.jobs.matmul import MIN_PART, MIN_ROWS, parts
+
+    class Recorder(Outputs):
+        def __init__(self):
+            self.reports = []
+
+        def ready(self, index, upto):
+            self.reports.append((index, upto))
+
+    for dtype, batch, m, k, n in (("fp32", 1, 1024, 64, 1024), ("fp32", 7, 300, 40, 300), ("fp16", 64, 128, 32, 128),
+                                  ("bf16", 3, 1100, 16, 600), ("fp32", 2, 64, 8, 64)):
+        spec = MatmulSpec(dtype=dtype, batch=batch, m=m, k=k, n=n, source="seed", seed=bytes([batch]) * 32)
+        blocks = parts(spec)
+        cells = [(b, r) for bs, rs in blocks for b in range(bs.start, bs.stop) for r in range(rs.start, rs.stop)]
+        assert cells == [(b, r) for b in range(batch) for r in range(m)]  # each row of C once, in memory order
+        itemsize = 4 if dtype == "fp32" else 2
+        for bs, rs in blocks[:-1]:
+            assert (bs.stop - bs.start) * (rs.stop - rs.start) * n * itemsize >= MIN_PART
+            assert rs.stop - rs.start >= MIN_ROWS or (rs.start, rs.stop) == (0, m)
+        job = J.JobSpec.make("matmul", spec)
+        rec = Recorder()
+        out = J.run(job, [], alloc=rec)
+        size = batch * m * n * itemsize
+        assert [i for i, _ in rec.reports] == [0] * (len(blocks) - 1)  # every part but the last, which is the result
+        ups = [u for _, u in rec.reports]
+        assert ups == sorted(set(ups)) and all(0 < u < size for u in ups)
+        assert J.verify(job, [], out).ok

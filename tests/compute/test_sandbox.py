@@ -157,3 +157,47 @@ async def test_one_warm_worker_serves_job_after_job_each_in_its_own_process():
         assert seen and seen[0] != worker.proc.pid  # the job ran in a child, not in the worker
         again = await pool.run_job(seeded(16), [])
         assert again.ok and worker.proc.returncode is None and ready[1].receive_nowait() is worker
+
+
+async def test_a_large_output_is_reported_final_part_by_part_while_the_job_runs():
+    """The node hears of each finished leading part of C (so it can send it during the job): parts grow in order,
+    the bytes it could read at that moment are the final ones, and a small output is one part sent with the result."""
+    job = seeded(1024)  # 4 MiB of C: two parts of 512 rows
+    seen: list[tuple[S.OutputPart, bytes]] = []
+
+    def on_part(part: S.OutputPart) -> None:  # read what the part says is final, right then, as the node would
+        seen.append((part, bytes(map_file(part.path)[:part.upto])))
+
+    async with S.WorkerPool(["cpu"], per_device=1) as pool:
+        res = await pool.run_job(job, [], on_part=on_part)
+        assert res.ok, res.message
+        (out,) = res.outputs
+        assert [(p.index, p.size, p.upto) for p, _ in seen] == [(0, len(out), len(out) // 2)]
+        assert seen[0][0].path.name == "out_0" and seen[0][1] == bytes(out[:len(out) // 2])
+        assert J.verify(job, [], [out]).ok
+        small: list = []
+        assert (await pool.run_job(seeded(256), [], on_part=small.append)).ok and small == []
+
+
+def test_part_frames_are_checked_before_the_node_reads_a_file(tmp_path):
+    """What a job reports about its parts is held to: names inside its directory, sizes that only grow, and a
+    result that returns the very files it reported."""
+    heard: list = []
+    parts = S._Parts(tmp_path, heard.append)
+    parts([0, "out_0", 100, 40])
+    parts([0, "out_0", 100, 90])
+    assert [p.upto for p in heard] == [40, 90] and heard[0].path == tmp_path / "out_0" and parts.check(["out_0"]) == ""
+    assert "another file" in parts.check(["out_1"]) and "another file" in parts.check([])
+    for bad in ([0, "out_0", 100, 80],  # shrinks
+                [0, "out_1", 100, 95],  # another file for the same output
+                [0, "out_0", 200, 150]):  # another size
+        p = S._Parts(tmp_path, heard.append)
+        p([0, "out_0", 100, 90])
+        p(bad)
+        assert "inconsistent" in p.check(["out_0"])
+    for bad in ([0, "../x", 10, 5], [0, ".hidden", 10, 5], [16, "out_0", 10, 5], [0, "out_0", 10, 11],
+                [0, "out_0", 10, 0], ["0", "out_0", 10, 5], [0, "out_0", 10], "junk", None):
+        p = S._Parts(tmp_path, heard.append)
+        before = len(heard)
+        p(bad)
+        assert p.check(["out_0"]) and len(heard) == before  # refused, and the node was not told

@@ -145,3 +145,20 @@ async def test_rent_cli_live_progress_and_summary(market_net):
                                                                 capture_output=True,
                                                                 text=True, timeout=120))
     assert res.returncode == 2 and res.stderr.strip().splitlines()[-1].startswith("p2pnode: error: no live offer fits")
+
+
+async def test_a_large_output_comes_in_parts_while_the_job_runs(market_net):
+    """4 MiB of C (two parts): the first part reaches the renter before the signed result, the bytes it holds are
+    C (seed-derived int8/128 entries make every partial sum exact, so any correct order gives the same bits), and
+    the job is verified and paid as any other."""
+    from p2pnode.compute import jobs as J
+
+    net = market_net
+    renter = await new_renter(net, "renter-parts")
+    job = matmul_job(1024)
+    async with renter.running(background_refunds=False):
+        out = await renter.rent(job, [], Wanted(max_price=max(PROVIDER_PRICES), max_s=60))
+    assert out.verified and out.settle_sig and out.paid > 0
+    assert 0 < out.timings["first_part"] <= out.timings["result"]
+    (c,) = out.outputs
+    assert np.array_equal(np.frombuffer(c, dtype="<f4"), np.frombuffer(J.run(job, [])[0], dtype="<f4"))

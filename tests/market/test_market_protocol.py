@@ -245,6 +245,28 @@ async def test_unstaked_refused_then_wrong_result_is_caught_reported_and_slashed
         nursery.cancel_scope.cancel()
 
 
+@pytest.mark.timeout(180)
+async def test_streamed_parts_that_contradict_the_signed_result_are_refused_and_not_paid(market_net):
+    """A provider whose result (one entry changed after the job) no longer matches the parts it streamed during
+    the job: the renter's sha256 over parts + rest fails, so it never uses or pays for that result and abandons
+    the job to the arbiter refund; it had paid only the vouchers sent while the job ran."""
+    net = market_net
+    ident, cheater = await in_process_provider(net, "streamcheat", 30 * IO, ["streamcheat cpu"],
+                                               job_tamper=flip_one_entry)
+    renter = await new_renter(net, "renter-streamed")
+    async with trio.open_nursery() as nursery:
+        await start(nursery, cheater)
+        async with renter.running(background_refunds=False):
+            with pytest.raises(NoProvider) as info:
+                await renter.rent(matmul_job(1024), [], Wanted(gpu="streamcheat", max_s=60), discover_s=30)
+            assert "sha256" in str(info.value)
+            [row] = renter.agreements.list(role="renter", states=("abandoned",))
+            assert row.peer == ident.peer_id and not row.verdict  # never verified: the bytes were refused first
+            a = _quote_of(row.quote).agreement
+            assert row.cumulative < a.deposit  # only what was vouched while the job ran; no final voucher
+        nursery.cancel_scope.cancel()
+
+
 async def _balances_of(net, owners: list[str]) -> list[int]:
     from p2pnode.chain import token as tk
 

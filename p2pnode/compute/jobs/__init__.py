@@ -133,23 +133,31 @@ def verify(spec: JobSpec, inputs: list[Data], outputs: list[Data], *, rng: np.ra
         return Verdict(False, f"{type(exc).__name__}: {exc}")
 
 
-def _in_memory(nbytes: int) -> memoryview:
-    return memoryview(bytearray(nbytes))
+class Outputs:
+    """Where a runner puts large outputs: ``alloc(nbytes)`` gives the i-th buffer, which the runner returns as its
+    output i, and ``ready(i, upto)`` says bytes [0, upto) of it are final, so the node can send them while the rest
+    is computed. Here (a job run in this process) buffers are plain memory and ``ready`` does nothing; the sandbox
+    child's allocator (``compute.worker.OutputFiles``) makes them files the node maps and reports ``ready``."""
+
+    def __call__(self, nbytes: int) -> memoryview:
+        return memoryview(bytearray(nbytes))
+
+    def ready(self, index: int, upto: int) -> None:
+        pass
 
 
 def run(spec: JobSpec, inputs: list[Data], device: str = "cpu",
-        progress: Callable[[float], None] = lambda f: None, *,
-        alloc: Callable[[int], memoryview] = _in_memory) -> list[Data]:
+        progress: Callable[[float], None] = lambda f: None, *, alloc: Outputs | None = None) -> list[Data]:
     """Run a job in this process (the sandbox child calls this); torch is imported by the kind's runner.
 
     A runner writes a large output into a buffer from ``alloc(nbytes)`` and returns that very buffer: in the
     sandbox it is a file the node maps, so the result is not copied again on its way out.
     """
     params = check_inputs(spec, inputs)
-    return KINDS[spec.kind].runner()(params, inputs, device, progress, alloc)
+    return KINDS[spec.kind].runner()(params, inputs, device, progress, alloc if alloc is not None else Outputs())
 
 
 _register()
 
-__all__ = ["Data", "JobError", "JobKind", "JobSpec", "KINDS", "Prepared", "Verdict", "check_inputs", "prepare", "run",
+__all__ = ["Data", "JobError", "JobKind", "JobSpec", "KINDS", "Outputs", "Prepared", "Verdict", "check_inputs", "prepare", "run",
            "verify"]
