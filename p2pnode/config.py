@@ -69,6 +69,9 @@ class ComputeConfig:
     # sandbox processes kept ready (torch imported) per device: one job per process, so with 1 every job after the
     # first waits for a fresh worker's torch import (~2 s here); 2 lets back-to-back jobs start at once
     warm_workers: int = 2
+    # torch threads of each job (and capacity challenge) on the cpu device; 0 = every core, split among cpu devices.
+    # Fewer keeps cores for the node itself: a job on every core slows the sending of its own output
+    cpu_threads: int = 0
 
 
 @dataclass

@@ -96,7 +96,7 @@ class ProviderNode:
 
         operators = operator_peer_ids(self.params) if self.params is not None else None
         return AttestServer(self.identity, self._devices, operators=operators, store=self.store,
-                            prover_factory=prover_factory)
+                            prover_factory=prover_factory, cpu_threads=self.cfg.compute.cpu_threads)
 
     def _job_service(self, enabled: bool | None, runner: Callable | None, tamper: Callable | None):
         if enabled is False or (enabled is None and not self.cfg.network_file.exists()):

@@ -290,9 +290,10 @@ class AttestServer:
     def __init__(self, identity: Identity, devices: Callable[[], Sequence[Device]], *,
                  operators: set[str] | None = None, store: Any = None,
                  max_deadline_s: float = MAX_CHALLENGE_DEADLINE_S, prover_factory: Callable[..., Prover] | None = None,
-                 on_verdict: Callable[[Signed[Attestation]], None] | None = None) -> None:
+                 on_verdict: Callable[[Signed[Attestation]], None] | None = None, cpu_threads: int = 0) -> None:
         self.identity = identity
         self.devices = devices
+        self.cpu_threads = cpu_threads  # torch threads on the cpu device, as paid jobs get (0 = torch's default)
         self.operators = operators
         self.store = store
         self.max_deadline_s = max_deadline_s
@@ -319,9 +320,16 @@ class AttestServer:
 
     async def warm(self) -> None:
         """Import torch and touch every device (in a worker thread); sets :attr:`warmed`."""
+        def warm() -> None:
+            if self.cpu_threads:  # a challenge measures the cpu device as jobs will use it
+                import torch
+
+                torch.set_num_threads(self.cpu_threads)
+            DeviceProver(torch_devices(self.devices())).warm_chain()
+
         try:
             with trio.move_on_after(300):
-                await trio.to_thread.run_sync(DeviceProver(torch_devices(self.devices())).warm_chain)
+                await trio.to_thread.run_sync(warm)
         except Exception as exc:  # no torch or a broken device: challenges will fail and say so
             log.warning("attestation prover could not warm up: %s: %s", type(exc).__name__, exc)
         finally:

@@ -117,6 +117,7 @@ class Devnet:
     # noticed within seconds (tests shrink them further)
     market: dict[str, float] = field(default_factory=lambda: {"voucher_interval_s": 1.0, "request_timeout_s": 15.0,
                                                                "settle_retry_s": 2.0})
+    compute: dict[str, Any] = field(default_factory=dict)  # [compute] settings of the providers' homes (benchmarks)
 
     def home(self, name: str) -> Path:
         return self.root / name
@@ -146,6 +147,8 @@ class Devnet:
         lines += [f"{k} = {v!r}" for k, v in self.market.items()]
         if price:
             lines += ["", "[offer]", f"price = {price}", "min_s = 1", "max_s = 3600", "republish_s = 30.0"]
+            if self.compute:
+                lines += ["", "[compute]"] + [f"{k} = {v!r}" for k, v in self.compute.items()]
         (home / "config.toml").write_text("\n".join(lines) + "\n")
         return home
 

@@ -265,10 +265,7 @@ class JobService:
     async def run_job(self, spec: JobSpec, inputs: JobFiles, slot: Slot, max_s: float,
                       progress: Callable[[float], None], on_part: PartCallback | None = None) -> Any:
         """`on_part` hears of output parts the job finishes early (not from a test's in-process runner)."""
-        # CPU "devices" share the machine's cores: split them so concurrent jobs do not oversubscribe
-        cpu_slots = sum(s.torch_device == "cpu" for s in self.slots)
-        threads = max(1, (os.cpu_count() or 1) // cpu_slots) if slot.torch_device == "cpu" and cpu_slots > 1 else 0
-        limits = Limits(wall_s=max_s, mem_bytes=0, threads=threads)
+        limits = Limits(wall_s=max_s, mem_bytes=0, threads=job_threads(self.cfg.compute.cpu_threads, self.slots, slot))
         if self._runner is not None:
             result = await self._runner(spec, inputs.inputs, slot.torch_device, limits, progress)
         else:
@@ -276,6 +273,15 @@ class JobService:
         if self.tamper is not None:
             result = self.tamper(result)
         return result
+
+
+def job_threads(configured: int, slots: Sequence[Slot], slot: Slot, cores: int | None = None) -> int:
+    """torch threads for a job on `slot` (0 = torch's default). CPU "devices" share the machine's cores: the
+    operator's ``compute.cpu_threads``, else the cores split among them so concurrent jobs do not oversubscribe."""
+    if slot.torch_device != "cpu":
+        return 0
+    cpu_slots = sum(s.torch_device == "cpu" for s in slots)
+    return configured or (max(1, (cores or os.cpu_count() or 1) // cpu_slots) if cpu_slots > 1 else 0)
 
 
 class _Job:

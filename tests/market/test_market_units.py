@@ -172,3 +172,15 @@ def test_offer_lists_every_device_in_order_busy_marked_with_its_latest_passed_at
     # ...and carries that attestation, signed by its verifier, for renters to check
     assert open_envelope(got[1].attestation, Attestation).message.tflops == 0.7 and got[0].attestation == b""
     store.close()
+
+
+def test_cpu_jobs_get_the_operators_thread_count_else_a_share_of_the_cores():
+    from p2pnode.market.provider_jobs import job_threads, slots_for
+
+    cpu, gpu = Device(kind="cpu", name="cpu", mem_bytes=1 << 30), Device(kind="cuda", name="gpu", mem_bytes=1 << 30)
+    one = slots_for([cpu, gpu])
+    assert job_threads(0, one, one[0], cores=8) == 0  # one cpu device: torch's default, every core
+    assert job_threads(3, one, one[0], cores=8) == 3  # the operator kept cores for the node
+    assert job_threads(3, one, one[1], cores=8) == 0  # a GPU job's host threads are torch's business
+    two = slots_for([cpu, cpu])
+    assert [job_threads(0, two, s, cores=8) for s in two] == [4, 4] and job_threads(0, two, two[0], cores=1) == 1
