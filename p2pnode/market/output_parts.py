@@ -31,8 +31,9 @@ def _deadline(timeout_s: float, nbytes: int) -> float:
 
 class PartSender:
     """Provider side: :meth:`on_part` (called by the job's frame loop) queues a part, :meth:`run` (a task in the
-    job's nursery) sends each as one run of frames under the stream's send lock, :meth:`finish` waits until all
-    queued parts are out; then :attr:`sent` says how many leading bytes of each output the renter has."""
+    job's nursery) sends each as one run of frames under the stream's send lock and hashes it, :meth:`finish`
+    waits until all queued parts are out; then :meth:`complete` gives the result's refs and what is left to send.
+    A job whose renter did not ask for parts gets a sender that is never told of one."""
 
     def __init__(self, js: JobStream, identity: Identity, job_id: bytes, timeout_s: float) -> None:
         self.js = js
@@ -42,6 +43,7 @@ class PartSender:
         self.sent: dict[int, int] = {}
         self.totals: dict[int, int] = {}
         self._views: dict[int, memoryview] = {}
+        self._hash: dict[int, Any] = {}  # sha256 of each output's bytes sent so far
         self._queue, self._parts = trio.open_memory_channel(math.inf)
         self._done = trio.Event()
 
@@ -70,7 +72,7 @@ class PartSender:
             # the job's own output file, mapped read-only; runners are the fixed registry's, which never shrink
             # a file they reported, so reading the reported range is safe while the job writes later parts
             view = self._views[part.index] = map_file(part.path)
-            self.totals[part.index] = part.size
+            self.totals[part.index], self._hash[part.index] = part.size, hashlib.sha256()
         if len(view) != part.size or self.totals[part.index] != part.size:
             raise BlobError(f"output {part.index}: file of {len(view)} bytes, reported {part.size}")
         msg = JobOutput(job_id=self.job_id, index=part.index, offset=start, size=part.upto - start, total=part.size)
@@ -79,14 +81,23 @@ class PartSender:
                 await self.js.fs.send_message(msg, self.identity)
                 for piece in chunks(view[start:part.upto]):
                     await self.js.fs.send(piece)
+                    self._hash[part.index].update(piece)
         self.sent[part.index] = part.upto
 
-    def remainders(self, outputs: list[Any]) -> list[memoryview] | None:
-        """What of each final output is still to send after the result; None if the outputs contradict the parts
-        already sent (then the provider reports a crash instead of a result the renter cannot check)."""
+    def complete(self, outputs: list[Any]) -> tuple[list[BlobRef], list[memoryview]] | None:
+        """The job_result's refs — the sha256 of exactly the bytes the renter gets: the parts sent, then the rest
+        of the final output — and the rest of each output, to send after the result. None if the outputs do not
+        fit the parts already sent (then the provider reports a crash instead of a result nobody can check)."""
         if any(i >= len(outputs) or len(outputs[i]) != self.totals[i] for i in self.sent):
             return None
-        return [memoryview(out).cast("B")[self.sent.get(i, 0):] for i, out in enumerate(outputs)]
+        refs, rest = [], []
+        for i, out in enumerate(outputs):
+            tail = memoryview(out).cast("B")[self.sent.get(i, 0):]
+            h = self._hash[i] if i in self.sent else hashlib.sha256()
+            h.update(tail)
+            refs.append(BlobRef(sha256=h.digest(), size=len(out)))
+            rest.append(tail)
+        return refs, rest
 
 
 class PartReceiver:

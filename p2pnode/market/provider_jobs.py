@@ -25,7 +25,7 @@ import trio
 
 from ..chain import escrow
 from ..chain.stake import required_stake, stake_of
-from ..compute.blobs import BlobError, BlobRef, receive_blob, send_blob
+from ..compute.blobs import BlobError, receive_blob, send_blob
 from ..compute.jobs import KINDS, JobError, JobSpec
 from ..compute.sandbox import JobFiles, Limits, PartCallback, WorkerPool
 from ..config import NodeConfig
@@ -438,46 +438,42 @@ class _Job:
         await js.send(JobProgress(job_id=a.job_id, state="started"))
         self.abort_reason = ""
         # outputs go to the renter part by part while the job runs, if it asked for that
-        sender = PartSender(js, svc.identity, a.job_id, svc.market.request_timeout_s) if req.stream_outputs else None
+        sender = PartSender(js, svc.identity, a.job_id, svc.market.request_timeout_s)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._reader, nursery.cancel_scope)
             nursery.start_soon(self._heartbeat, started, fraction)
             nursery.start_soon(self._watchdog, quote.voucher_interval_s, nursery.cancel_scope)
-            if sender is not None:
-                nursery.start_soon(sender.run)
+            nursery.start_soon(sender.run)
             result = await svc.run_job(req.spec, inputs, self.slot, float(req.max_s),
                                        lambda f: fraction.__setitem__(0, max(0.0, min(1.0, f))),
-                                       sender.on_part if sender is not None else None)
+                                       sender.on_part if req.stream_outputs else None)
             t_out = time.monotonic()
             status = result.status if result.status in ("ok", "timeout", "oom", "cpu_exceeded", "crashed",
                                                         "bad_input") else "crashed"
-            outputs = list(result.outputs) if result.ok else []
             message = result.message
-            if sender is not None:
-                await sender.finish()
-                rest = sender.remainders(outputs)
-                if rest is None:
-                    status, outputs, message = "crashed", [], "the job's outputs contradict the parts it sent"
-            else:
-                rest = [memoryview(o).cast("B") for o in outputs]
-            msg = JobResultMsg(job_id=a.job_id, status=status, outputs=[BlobRef.of(o) for o in outputs],
+            await sender.finish()
+            done = sender.complete(list(result.outputs)) if result.ok else ([], [])
+            if done is None:
+                status, message, done = "crashed", "the job's outputs do not fit the parts it sent", ([], [])
+            refs, rest = done
+            msg = JobResultMsg(job_id=a.job_id, status=status, outputs=refs,
                                seconds=float(result.seconds or result.wall_s), message=message[:512])
             svc.agreements.update(a.job_id, state="done", seconds=time.monotonic() - started,
                                   verdict=status)
             # the result and its blobs go out as one run of frames: a heartbeat or voucher_ack slipped in between
             # would be read as a blob chunk by the renter
-            tail = sum(map(len, rest or []))
+            tail = sum(map(len, rest))
             async with js._send_lock:
                 with trio.fail_after(svc.market.request_timeout_s + tail / (1 << 20)):
                     await js.fs.send_message(msg, svc.identity)
-                    for part in rest or []:
+                    for part in rest:
                         await send_blob(js.fs, part)
             svc.stats.completed += 1
             log.info("job %s: %s after %.2f s (runner %.2f s); %d output bytes, %d of them after the job, in "
-                     "%.2f s", a.job_id.hex()[:8], status, t_out - started, result.seconds, sum(map(len, outputs)),
-                     tail, time.monotonic() - t_out)
+                     "%.2f s", a.job_id.hex()[:8], status, t_out - started, result.seconds,
+                     sum(ref.size for ref in refs), tail, time.monotonic() - t_out)
             # the verdict, then (if ok) the final voucher
-            with trio.move_on_after(svc.market.request_timeout_s + sum(len(o) for o in outputs) / (4 << 20)):
+            with trio.move_on_after(svc.market.request_timeout_s + sum(ref.size for ref in refs) / (4 << 20)):
                 await self.verdict_event.wait()
                 if self.verdict is not None and self.verdict.ok and self.verdict.final > self.cumulative:
                     await self.final_event.wait()

@@ -60,16 +60,16 @@ async def test_parts_sent_during_the_job_and_the_rest_after_make_the_outputs(tmp
             tx.on_part(OutputPart(0, path, len(data[0]), upto))
         await tx.finish()
         assert tx.sent == {0: (2 << 20) + 5}
-        rest = tx.remainders(data)
+        refs, rest = tx.complete(data)
         assert [len(r) for r in rest] == [len(data[0]) - (2 << 20) - 5, 1000]
-        await provider.fs.send_message(JobResultMsg(job_id=JOB, status="ok", outputs=[BlobRef.of(d) for d in data]),
-                                       PROVIDER)
+        assert refs == [BlobRef.of(d) for d in data]  # hashed as sent, part by part, then the rest
+        await provider.fs.send_message(JobResultMsg(job_id=JOB, status="ok", outputs=refs), PROVIDER)
         for r in rest:
             await send_blob(provider.fs, r)
     assert [bytes(g) for g in got] == data
     assert rx.got == {0: (2 << 20) + 5}  # output 1 was never streamed: it came whole after the result
-    # outputs that contradict what was already sent are refused by the provider itself
-    assert tx.remainders([data[0][:-1], data[1]]) is None and tx.remainders([]) is None
+    # outputs that do not fit what was already sent are refused by the provider itself
+    assert tx.complete([data[0][:-1], data[1]]) is None and tx.complete([]) is None
 
 
 async def send_part(provider: JobStream, index: int, offset: int, payload: bytes, total: int) -> None:
