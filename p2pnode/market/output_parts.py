@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Callable
 from typing import Any
 
 import trio
@@ -104,10 +105,12 @@ class PartReceiver:
     """Renter side: each job_output part into its output's buffer, in order, hashed on the way in; :meth:`finish`
     takes the job_result's refs, receives what follows it and checks every output's sha256."""
 
-    def __init__(self, fs: Any, max_bytes: int, timeout_s: float) -> None:
+    def __init__(self, fs: Any, max_bytes: int, timeout_s: float,
+                 on_part: Callable[[int, memoryview, int], None] | None = None) -> None:
         self.fs = fs
         self.max_bytes = max_bytes
         self.timeout_s = timeout_s
+        self.on_part = on_part  # (index, buffer, bytes arrived): e.g. to check them before the rest comes
         self.bufs: dict[int, memoryview] = {}
         self.got: dict[int, int] = {}
         self._hash: dict[int, Any] = {}
@@ -127,6 +130,8 @@ class PartReceiver:
         with trio.fail_after(_deadline(self.timeout_s, msg.size)):
             await receive_into(self.fs, buf[msg.offset:msg.offset + msg.size], self._hash[i])
         self.got[i] += msg.size
+        if self.on_part is not None:
+            self.on_part(i, buf, self.got[i])
 
     async def finish(self, refs: list[BlobRef]) -> list[memoryview]:
         if len(refs) > MAX_OUTPUTS or any(i >= len(refs) for i in self.bufs):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import os
 import time
 from collections.abc import AsyncIterator, Callable
@@ -27,7 +28,7 @@ import trio
 from ..chain import escrow
 from ..compute.attest_service import operator_peer_ids
 from ..compute.blobs import send_blob
-from ..compute.jobs import Data, JobSpec, Prepared, prepare, verify
+from ..compute.jobs import Data, JobSpec, Prepared, absorb, prepare, verify
 from ..config import NodeConfig
 from ..errors import ProtocolError, UserError
 from ..identity import Identity, public_key_from_peer_id, solana_address
@@ -439,17 +440,22 @@ class _RenterJob:
         r.progress("run", f"job started on {quote.device.kind}:{quote.device.name[:32]}")
         prepared: list[Prepared | None] = []
         failure: Exception | None = None
+        self._arrived, arrived = trio.open_memory_channel(math.inf)
         try:
             async with trio.open_nursery() as nursery:
                 # the half of the check that needs no result (matmul: regenerate A, B and compute A (B R)) is done
-                # while the job runs; its secret vectors never leave this process
+                # while the job runs, and so is the other half for each part of the output that arrives early;
+                # the secret vectors never leave this process
                 nursery.start_soon(self._prepare_check, prepared)
+                nursery.start_soon(self._check_parts, prepared, arrived)
                 try:
                     result, outputs, seconds = await self._pay_while_running(quote)
                     self._mark("result")
                 except Exception as exc:  # kept out of the nursery so it is raised as itself, not in a group
                     failure = exc
                     nursery.cancel_scope.cancel()
+                finally:
+                    self._arrived.close()  # the part checker finishes what has arrived and ends
             if failure is not None:
                 raise failure
         except BaseException as exc:
@@ -466,6 +472,29 @@ class _RenterJob:
         except Exception as exc:
             log.warning("could not prepare the check ahead (it is done after the result): %s", exc)
         self.timings["verify_ahead"] = time.perf_counter() - t
+
+    async def _check_parts(self, prepared: list, arrived: trio.MemoryReceiveChannel) -> None:
+        """Fold each output part into the check as it lands (newest per output, once the prepared half exists);
+        never fails the job: verify() reads whatever was not folded in."""
+        latest: dict[int, tuple[memoryview, int]] = {}
+        async with arrived:
+            async for index, buf, upto in arrived:
+                latest[index] = (buf, upto)
+                while True:  # everything queued meanwhile: only the newest count per output matters
+                    try:
+                        index, buf, upto = arrived.receive_nowait()
+                    except (trio.WouldBlock, trio.EndOfChannel):
+                        break
+                    latest[index] = (buf, upto)
+                if not prepared or prepared[0] is None:
+                    continue
+                try:
+                    for index, (buf, upto) in latest.items():
+                        await trio.to_thread.run_sync(absorb, self.spec, prepared[0], index, buf, upto)
+                except Exception as exc:
+                    log.warning("could not check an output part early (verify reads it): %s", exc)
+                    return
+                latest.clear()
 
     def _check_quote(self, req: JobRequest, q: JobQuote) -> None:
         r, a = self.r, q.agreement
@@ -530,7 +559,8 @@ class _RenterJob:
                 if amount > self.cumulative:
                     await self._send_voucher(amount)
 
-        parts = PartReceiver(js.fs, m.max_output_bytes, m.request_timeout_s)
+        parts = PartReceiver(js.fs, m.max_output_bytes, m.request_timeout_s,
+                             on_part=lambda i, buf, upto: self._arrived.send_nowait((i, buf, upto)))
 
         @guarded
         async def listen(scope: trio.CancelScope) -> None:

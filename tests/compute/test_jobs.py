@@ -202,3 +202,39 @@ def test_matmul_parts_cover_c_once_in_memory_order_and_are_reported_as_they_fini
         ups = [u for _, u in rec.reports]
         assert ups == sorted(set(ups)) and all(0 < u < size for u in ups)
         assert J.verify(job, [], out).ok
+
+
+@pytest.mark.parametrize("dtype,batch", [("fp32", 1), ("fp32", 3), ("bf16", 2), ("fp16", 1)])
+def test_matmul_check_folds_in_c_as_it_arrives_and_reaches_the_same_verdict(dtype, batch):
+    """The renter folds each part of C into the check as it lands (cut anywhere, even mid-row); the verdict is
+    the one a check of the whole C gives, a changed entry in an early part is still caught, and a prepared check
+    given another buffer than the one it folded reads that buffer from its first row."""
+    spec = MatmulSpec(dtype=dtype, batch=batch, m=150, k=64, n=70, source="seed", seed=bytes([7, batch]) * 16)
+    job = J.JobSpec.make("matmul", spec)
+    (c,) = J.run(job, [])
+    good = bytes(c)
+    item = 4 if dtype == "fp32" else 2
+    bad = bytearray(good)
+    bad[item * (70 * 3 + 5) + item - 1] ^= 0x40  # an exponent bit of an entry of row 3: in the first part
+    cuts = [0, 1000, 1000, 70 * item * 40 + 3, len(good) // 2, len(good) - 1]
+    for data, ok in ((good, True), (bytes(bad), False)):
+        buf = memoryview(bytearray(len(data)))
+        prepared = J.prepare(job, [], rng=np.random.default_rng(5))
+        for lo, hi in zip(cuts, cuts[1:]):  # bytes arrive; the check folds in whatever whole rows are there
+            buf[lo:hi] = data[lo:hi]
+            J.absorb(job, prepared, 0, buf, hi)
+        assert 0 < prepared.state.rows_done < batch * 150
+        buf[cuts[-1]:] = data[cuts[-1]:]
+        early = prepared.state.rows_done
+        v = J.verify(job, [], [buf], prepared=prepared)
+        assert v.ok is ok, v.reason
+        assert not ok or f"; {early} of {batch * 150} rows of C checked as they arrived" in v.reason
+        whole = J.verify(job, [], [data], rng=np.random.default_rng(5))
+        assert whole.ok is ok
+    # folded from the good C, then asked about the bad one: the bad one is read from row 0, and caught
+    prepared = J.prepare(job, [], rng=np.random.default_rng(5))
+    goodbuf = memoryview(bytearray(good))
+    J.absorb(job, prepared, 0, goodbuf, len(good))
+    J.absorb(job, prepared, 1, goodbuf, len(good))  # another output index, or a buffer of the wrong size: ignored
+    J.absorb(job, prepared, 0, memoryview(bytearray(7)), 7)
+    assert not J.verify(job, [], [memoryview(bad)], prepared=prepared).ok

@@ -122,6 +122,18 @@ def prepare(spec: JobSpec, inputs: list[Data], *, rng: np.random.Generator | Non
         return None
 
 
+def absorb(spec: JobSpec, prepared: Prepared, index: int, data: Data, upto: int) -> None:
+    """Fold the first `upto` bytes of output `index` (arrived while the job still runs; `data` is the buffer the
+    rest will land in) into the prepared check, so :func:`verify` has less left to read. Never fails: whatever
+    cannot be used now is read again by verify."""
+    fn = getattr(KINDS[spec.kind]._mod(), "absorb", None) if spec.kind == prepared.kind else None
+    if fn is not None:
+        try:
+            fn(spec.decode_params(), prepared.state, index, data, upto)
+        except ProtocolError:
+            pass
+
+
 def verify(spec: JobSpec, inputs: list[Data], outputs: list[Data], *, rng: np.random.Generator | None = None,
            prepared: Prepared | None = None) -> Verdict:
     """Check a result without torch; a malformed spec or output is a failed verdict, never an exception."""
@@ -159,5 +171,5 @@ def run(spec: JobSpec, inputs: list[Data], device: str = "cpu",
 
 _register()
 
-__all__ = ["Data", "JobError", "JobKind", "JobSpec", "KINDS", "Outputs", "Prepared", "Verdict", "check_inputs", "prepare", "run",
-           "verify"]
+__all__ = ["Data", "JobError", "JobKind", "JobSpec", "KINDS", "Outputs", "Prepared", "Verdict", "absorb", "check_inputs",
+           "prepare", "run", "verify"]

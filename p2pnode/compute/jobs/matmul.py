@@ -204,6 +204,12 @@ class MatmulCheck:
     rhs: list[np.ndarray]  # per batch: A (B R), (m, rounds)
     acc: list[np.ndarray]  # per batch: |A| (|B| |R|), (m, rounds)
     inputs_finite: bool
+    # the result-dependent half, folded in row by row as C arrives (absorb) or all at once (verify):
+    lhs: np.ndarray | None = None  # C R, (batch * m, rounds)
+    sq: np.ndarray | None = None  # C^2 R^2, same shape
+    rows_done: int = 0  # leading rows of C (batch-major) in lhs and sq
+    c_finite: bool = True  # no inf/nan among those rows
+    source: object = None  # the buffer they were read from: other outputs are read from row 0
 
 
 def prepare(spec: MatmulSpec, inputs: list[Data], rng: np.random.Generator) -> MatmulCheck:
@@ -239,33 +245,72 @@ def prepare(spec: MatmulSpec, inputs: list[Data], rng: np.random.Generator) -> M
     return MatmulCheck(r, rhs, acc, finite)
 
 
-def verify(spec: MatmulSpec, inputs: list[Data], outputs: list[Data], rng: np.random.Generator,
-           prepared: MatmulCheck | None = None) -> Verdict:
-    """Per round and row exactly |C r - A (B r)| <= tol, with tol as the module docstring says; stacking the
-    rounds' vectors as the columns of R changes only how often A, B and C are read, not what is compared.
-    `prepared` is :func:`prepare`'s answer for these inputs, if it was computed ahead (else it is computed now).
-    """
-    if len(outputs) != 1:
-        return Verdict(False, "matmul: exactly one output expected")
-    try:
-        check = prepared if prepared is not None else prepare(spec, inputs, rng)
-        c = _decode32(outputs[0], spec.dtype, (spec.batch, spec.m, spec.n))
-    except JobError as exc:
-        return Verdict(False, str(exc))
-    if check.inputs_finite and not np.all(np.isfinite(c)):
-        return Verdict(False, "matmul: non-finite output from finite inputs")
-    u_out = DTYPES[spec.dtype][1]
-    for bi in range(spec.batch):
+def _fold(spec: MatmulSpec, check: MatmulCheck, data: Data, rows: int) -> None:
+    """Read rows [check.rows_done, rows) of C (as (batch * m, n), batch-major) from `data` into lhs and sq."""
+    itemsize = np.dtype(DTYPES[spec.dtype][0]).itemsize
+    total = spec.batch * spec.m
+    if data is not check.source:
+        check.source, check.rows_done, check.c_finite = data, 0, True
+    if check.lhs is None or check.sq is None:
+        check.lhs, check.sq = np.empty((total, spec.rounds)), np.empty((total, spec.rounds))
+    lo = check.rows_done
+    if rows <= lo:
+        return
+    c = _decode32(memoryview(data).cast("B")[lo * spec.n * itemsize:rows * spec.n * itemsize], spec.dtype,
+                  (rows - lo, spec.n))
+    row = lo
+    while row < rows:  # one batch's rows at a time: each batch has its own R
+        bi = row // spec.m
+        end = min(rows, (bi + 1) * spec.m)
         rb = check.r[bi]
         rb2 = rb * rb
 
         def times_r(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             y = x @ rb
             return y, np.square(x, out=x) @ rb2
-        lhs, sq = _rows(c[bi], times_r)
-        tol = 8 * u_out * np.sqrt(sq) + 4 * np.sqrt(spec.k) * U_ACC * check.acc[bi] + 1e-30
-        bad = ~(np.abs(lhs - check.rhs[bi]) <= tol)
+        check.lhs[row:end], check.sq[row:end] = _rows(c[row - lo:end - lo], times_r)
+        check.c_finite = check.c_finite and bool(np.all(np.isfinite(c[row - lo:end - lo])))
+        row = end
+    check.rows_done = rows
+
+
+def absorb(spec: MatmulSpec, check: MatmulCheck, index: int, data: Data, upto: int) -> None:
+    """The rows of C within the first `upto` bytes of output `index` (all arrived, as the renter receives C in
+    parts while the job runs) folded into the check now, so :func:`verify` reads only the rows after them."""
+    itemsize = np.dtype(DTYPES[spec.dtype][0]).itemsize
+    if index != 0 or len(data) != spec.batch * spec.m * spec.n * itemsize:
+        return  # not this job's C: verify() says why
+    _fold(spec, check, data, min(upto // (spec.n * itemsize), spec.batch * spec.m))
+
+
+def verify(spec: MatmulSpec, inputs: list[Data], outputs: list[Data], rng: np.random.Generator,
+           prepared: MatmulCheck | None = None) -> Verdict:
+    """Per round and row exactly |C r - A (B r)| <= tol, with tol as the module docstring says; stacking the
+    rounds' vectors as the columns of R changes only how often A, B and C are read, not what is compared.
+    `prepared` is :func:`prepare`'s answer for these inputs, if it was computed ahead (else it is computed now),
+    with whatever rows of this very output :func:`absorb` already folded in.
+    """
+    if len(outputs) != 1:
+        return Verdict(False, "matmul: exactly one output expected")
+    try:
+        check = prepared if prepared is not None else prepare(spec, inputs, rng)
+        size = spec.batch * spec.m * spec.n * np.dtype(DTYPES[spec.dtype][0]).itemsize
+        if len(outputs[0]) != size:
+            raise JobError(f"matmul: {len(outputs[0])} bytes do not hold {(spec.batch, spec.m, spec.n)} {spec.dtype}")
+        early = check.rows_done if outputs[0] is check.source else 0
+        _fold(spec, check, outputs[0], spec.batch * spec.m)
+    except JobError as exc:
+        return Verdict(False, str(exc))
+    if check.inputs_finite and not check.c_finite:
+        return Verdict(False, "matmul: non-finite output from finite inputs")
+    assert check.lhs is not None and check.sq is not None
+    u_out = DTYPES[spec.dtype][1]
+    for bi in range(spec.batch):
+        rows = slice(bi * spec.m, (bi + 1) * spec.m)
+        tol = 8 * u_out * np.sqrt(check.sq[rows]) + 4 * np.sqrt(spec.k) * U_ACC * check.acc[bi] + 1e-30
+        bad = ~(np.abs(check.lhs[rows] - check.rhs[bi]) <= tol)
         if bad.any():
             row, _ = np.argwhere(bad)[0]
             return Verdict(False, f"matmul: Freivalds check failed at batch {bi} row {row}")
-    return Verdict(True, f"Freivalds {spec.rounds} rounds passed")
+    ahead = f"; {early} of {spec.batch * spec.m} rows of C checked as they arrived" if early else ""
+    return Verdict(True, f"Freivalds {spec.rounds} rounds passed{ahead}")
