@@ -137,6 +137,12 @@ class ProviderNode:
                     await nursery.start(self.attest.run, self.net.host)
                 if self.jobs is not None:
                     await nursery.start(self.jobs.run, self.net.host)
+                    # an offer means a job can start now: no renter waits for (and pays for) the sandbox's torch
+                    # import, seconds on a busy machine
+                    try:
+                        await self.jobs.warm()
+                    except trio.TooSlowError:
+                        log.warning("the job sandbox is not warm yet; offering anyway")
                 # First offer once a seed peer is connected (or we gave up waiting), so it is not lost.
                 with trio.move_on_after(self.cfg.net.dial_timeout_s):
                     await self.net.discovery.bootstrapped.wait()

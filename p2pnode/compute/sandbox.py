@@ -491,6 +491,10 @@ class WorkerPool:
             return
         self._ready[device][0].send_nowait(w)
 
+    def idle(self, device: str) -> int:
+        """Workers of `device` waiting for a job (torch imported): a job given now starts in milliseconds."""
+        return self._ready[device][1].statistics().current_buffer_used if device in self._ready else 0
+
     async def warm(self, timeout_s: float = READY_TIMEOUT_S) -> None:
         """Wait until every device has a ready worker (benchmarks and start-up)."""
         with trio.fail_after(timeout_s):

@@ -245,6 +245,29 @@ async def test_unstaked_refused_then_wrong_result_is_caught_reported_and_slashed
         nursery.cancel_scope.cancel()
 
 
+@pytest.mark.timeout(180)
+async def test_a_fresh_provider_offers_only_once_a_job_can_start_so_nobody_pays_for_its_start_up(market_net):
+    """The first job on a provider that just started runs at once: its offer went out after the sandbox had a
+    warm worker, so the renter is not billed for a torch import (seconds here; a 64^3 job is milliseconds)."""
+    net = market_net
+    _, fresh = await in_process_provider(net, "fresh", 30 * IO, ["fresh cpu"])
+    renter = await new_renter(net, "renter-fresh")
+    idle_at_publish: list[int] = []
+    publish = fresh.publisher.publish_now
+
+    async def recording_publish():
+        idle_at_publish.append(fresh.jobs._pool.idle("cpu"))
+        return await publish()
+    fresh.publisher.publish_now = recording_publish
+    async with trio.open_nursery() as nursery:
+        await start(nursery, fresh)
+        async with renter.running(background_refunds=False):
+            out = await renter.rent(matmul_job(64), [], Wanted(gpu="fresh", max_s=60), discover_s=30)
+        assert idle_at_publish and idle_at_publish[0] >= 1  # the very first offer: a worker was already waiting
+        assert out.verified and out.seconds < 0.5, out.seconds
+        nursery.cancel_scope.cancel()
+
+
 def flip_last_entry(result):
     """A cheat in the part of C that is sent after the job (the parts before it are already out)."""
     c = np.frombuffer(result.outputs[0], dtype="<f4").copy()
