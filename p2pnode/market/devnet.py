@@ -34,7 +34,8 @@ from ..identity import Identity
 
 _URL_RE = re.compile(r"(http://\S+)")
 _P2P_RE = re.compile(r"(/ip4/127\.0\.0\.1/tcp/\d+/p2p/\S+)")
-_LISTENING_RE = re.compile(r"provider (\S+) listening on")
+# what `p2pnode run` prints once the node is up and its first offer is out (not the log line at host start)
+_LISTENING_RE = re.compile(r"^provider (\S+) listening on:$", re.M)
 
 PROVIDER_PRICES = (36 * IO, 42 * IO, 48 * IO)  # IO base units per device-hour (36 IO/h = 0.01 IO/s)
 PROVIDER_IO = 500 * IO
@@ -52,9 +53,11 @@ class Child:
     cmd: list[str]
     log: Path
     proc: subprocess.Popen | None = None
+    since: int = 0  # where this run's output starts in the log (a restart appends to the same file)
 
     def start(self, cwd: Path) -> None:
         out = open(self.log, "ab")
+        self.since = out.tell()
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         env.pop("P2PNODE_HOME", None)
         # a new session: Ctrl-C in the terminal reaches us only, and we stop the children in order
@@ -66,8 +69,11 @@ class Child:
         return self.proc is not None and self.proc.poll() is None
 
     def tail(self, n: int = 600) -> str:
+        """The last `n` characters this run wrote (never an earlier run's lines)."""
         try:
-            return self.log.read_text(errors="replace")[-n:]
+            with open(self.log, "rb") as f:
+                f.seek(self.since)
+                return f.read().decode(errors="replace")[-n:]
         except OSError:
             return ""
 
@@ -245,7 +251,7 @@ class Devnet:
             await self.start_operators()
             self.start_providers()
             await self.fund_and_stake(client)
-        if wait_providers:  # listening means /iog/job is served (the job service starts before the address prints)
+        if wait_providers:  # the address prints once /iog/job is served, the sandbox warm and the first offer out
             for i in range(1, self.providers + 1):
                 await wait_for_line(self.child(f"provider-{i}"), _LISTENING_RE, 90)
 

@@ -584,7 +584,8 @@ class _RenterJob:
                     total = sum(ref.size for ref in msg.outputs)
                     if total > m.max_output_bytes:
                         raise NegotiationError(f"outputs of {total} bytes exceed our {m.max_output_bytes}")
-                    outs = await parts.finish(msg.outputs)
+                    # a failed job's parts are dropped: nothing more is read from this stream after its result
+                    outs = await parts.finish(msg.outputs) if msg.status == "ok" else []
                     result.extend([signed, outs, seconds])
                     scope.cancel()
                     return

@@ -238,3 +238,21 @@ def test_matmul_check_folds_in_c_as_it_arrives_and_reaches_the_same_verdict(dtyp
     J.absorb(job, prepared, 1, goodbuf, len(good))  # another output index, or a buffer of the wrong size: ignored
     J.absorb(job, prepared, 0, memoryview(bytearray(7)), 7)
     assert not J.verify(job, [], [memoryview(bad)], prepared=prepared).ok
+
+
+def test_matmul_check_is_tight_enough_to_refuse_a_lower_precision_shortcut():
+    """An fp32 job computed in bf16 (a ~3x shortcut on a GPU) is refused even at k = 4096, where a bound that adds
+    up |r_j| times each entry's error bound (this verifier before) let it through; honest fp32 in another
+    summation order (float64 then rounded) still passes, with all-positive inputs (the worst case for
+    accumulation) as well."""
+    rng = np.random.default_rng(3)
+    for a, b in ((rng.standard_normal((1, 256, 4096), dtype=np.float32),
+                  rng.standard_normal((1, 4096, 200), dtype=np.float32)),
+                 (rng.random((1, 256, 4096), dtype=np.float32), rng.random((1, 4096, 200), dtype=np.float32))):
+        inputs = [a.tobytes(), b.tobytes()]
+        job = J.JobSpec.make("matmul", MatmulSpec(dtype="fp32", batch=1, m=256, k=4096, n=200), inputs)
+        assert J.verify(job, inputs, J.run(job, inputs)).ok
+        other_order = (a.astype(np.float64) @ b.astype(np.float64)).astype("<f4")
+        assert J.verify(job, inputs, [other_order.tobytes()]).ok
+        shortcut = (torch.from_numpy(a).bfloat16() @ torch.from_numpy(b).bfloat16()).float().numpy().astype("<f4")
+        assert not J.verify(job, inputs, [shortcut.tobytes()]).ok

@@ -124,8 +124,8 @@ def prepare(spec: JobSpec, inputs: list[Data], *, rng: np.random.Generator | Non
 
 def absorb(spec: JobSpec, prepared: Prepared, index: int, data: Data, upto: int) -> None:
     """Fold the first `upto` bytes of output `index` (arrived while the job still runs; `data` is the buffer the
-    rest will land in) into the prepared check, so :func:`verify` has less left to read. Never fails: whatever
-    cannot be used now is read again by verify."""
+    rest will land in) into the prepared check, so :func:`verify` has less left to read. A spec or part it cannot
+    use is skipped, not an error: verify reads whatever was not folded in and says what is wrong."""
     fn = getattr(KINDS[spec.kind]._mod(), "absorb", None) if spec.kind == prepared.kind else None
     if fn is not None:
         try:
