@@ -256,3 +256,19 @@ def test_matmul_check_is_tight_enough_to_refuse_a_lower_precision_shortcut():
         assert J.verify(job, inputs, [other_order.tobytes()]).ok
         shortcut = (torch.from_numpy(a).bfloat16() @ torch.from_numpy(b).bfloat16()).float().numpy().astype("<f4")
         assert not J.verify(job, inputs, [shortcut.tobytes()]).ok
+
+
+@pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])
+def test_matmul_non_finite_output_from_finite_inputs_is_refused_whole_or_folded_in_parts(bad):
+    spec = MatmulSpec(dtype="fp32", batch=2, m=64, k=32, n=48, source="seed", seed=b"\x09" * 32)
+    job = J.JobSpec.make("matmul", spec)
+    c = np.frombuffer(J.run(job, [])[0], dtype="<f4").copy()
+    c[48 * 70 + 3] = bad  # batch 1, row 6
+    data = memoryview(bytearray(c.tobytes()))
+    v = J.verify(job, [], [data])
+    assert not v.ok and "non-finite" in v.reason
+    prepared = J.prepare(job, [])
+    J.absorb(job, prepared, 0, data, len(data) - 100)  # the bad row folded in early, as if it came in a part
+    assert prepared.state.rows_done > 70
+    v = J.verify(job, [], [data], prepared=prepared)
+    assert not v.ok and "non-finite" in v.reason

@@ -75,6 +75,11 @@ def to_raw(x32: np.ndarray, dtype: str) -> Data:
     return memoryview(arr.reshape(-1).view(np.uint8))
 
 
+def _itemsize(spec: MatmulSpec) -> int:
+    """Bytes per matrix entry on the wire."""
+    return np.dtype(DTYPES[spec.dtype][0]).itemsize
+
+
 def _seeded_int8(spec: MatmulSpec) -> tuple[np.ndarray, np.ndarray]:
     """A then B from the spec's seed as int8 values v (the entries are v / 128): numpy's PCG64 seeded with the
     seed's eight little-endian uint32 words, each matrix ``rng.bytes(count)``."""
@@ -101,10 +106,14 @@ def seeded_inputs(spec: MatmulSpec) -> tuple[Data, Data]:
     return wire(a), wire(b)
 
 
+def _no_input_blobs(inputs: list[Data]) -> None:
+    if inputs:
+        raise JobError("matmul: seed-derived jobs take no input blobs")
+
+
 def operands(spec: MatmulSpec, inputs: list[Data]) -> tuple[Data, Data]:
     if spec.source == "seed":
-        if inputs:
-            raise JobError("matmul: seed-derived jobs take no input blobs")
+        _no_input_blobs(inputs)
         return seeded_inputs(spec)
     if len(inputs) != 2:
         raise JobError("matmul: two input blobs (A, B) expected")
@@ -120,7 +129,7 @@ def parts(spec: MatmulSpec) -> list[tuple[slice, slice]]:
     """(batch slice, row slice) blocks of C in memory order, each computed by one bmm and then final: the node
     sends each part while the next is computed. Parts of >= 256 KiB and >= 512 rows (or whole matrices) keep the
     bmm calls together as fast as one (n = 4096 fp32 on this CPU: 512 rows 2.03-2.05 s, one call 2.04-2.09 s)."""
-    itemsize = np.dtype(DTYPES[spec.dtype][0]).itemsize
+    itemsize = _itemsize(spec)
     row, item = spec.n * itemsize, spec.m * spec.n * itemsize
     total = spec.batch * item
     if total < 2 * MIN_PART:
@@ -153,7 +162,7 @@ def run(spec: MatmulSpec, inputs: list[Data], device: str, progress: Callable[[f
     dev = torch.device(device)
     a = tensor(a_raw, (spec.batch, spec.m, spec.k)).to(dev)
     b = tensor(b_raw, (spec.batch, spec.k, spec.n)).to(dev)
-    itemsize = np.dtype(DTYPES[spec.dtype][0]).itemsize
+    itemsize = _itemsize(spec)
     out = alloc(spec.batch * spec.m * spec.n * itemsize)
     c = tensor(out, (spec.batch, spec.m, spec.n))
     blocks = parts(spec)
@@ -212,9 +221,8 @@ class MatmulCheck:
     inputs_finite: bool
     # the result-dependent half, folded in row by row as C arrives (absorb) or all at once (verify):
     lhs: np.ndarray | None = None  # C R, (batch * m, rounds)
-    sq: np.ndarray | None = None  # C^2 R^2, same shape
+    sq: np.ndarray | None = None  # C^2 R^2, same shape: non-finite exactly in the rows of C with an inf or nan
     rows_done: int = 0  # leading rows of C (batch-major) in lhs and sq
-    c_finite: bool = True  # no inf/nan among those rows
     source: object = None  # the buffer they were read from: other outputs are read from row 0
 
 
@@ -222,8 +230,7 @@ def prepare(spec: MatmulSpec, inputs: list[Data], rng: np.random.Generator) -> M
     """All rounds at once (R holds one random vector per round), A and B each read once in float64 row blocks;
     seed-derived operands are read as their int8 values, never made into float matrices."""
     if spec.source == "seed":
-        if inputs:
-            raise JobError("matmul: seed-derived jobs take no input blobs")
+        _no_input_blobs(inputs)
         a, b = _seeded_int8(spec)
         scale, finite = 1 / 128, True
     else:
@@ -253,10 +260,10 @@ def prepare(spec: MatmulSpec, inputs: list[Data], rng: np.random.Generator) -> M
 
 def _fold(spec: MatmulSpec, check: MatmulCheck, data: Data, rows: int) -> None:
     """Read rows [check.rows_done, rows) of C (as (batch * m, n), batch-major) from `data` into lhs and sq."""
-    itemsize = np.dtype(DTYPES[spec.dtype][0]).itemsize
+    itemsize = _itemsize(spec)
     total = spec.batch * spec.m
     if data is not check.source:
-        check.source, check.rows_done, check.c_finite = data, 0, True
+        check.source, check.rows_done = data, 0
     if check.lhs is None or check.sq is None:
         check.lhs, check.sq = np.empty((total, spec.rounds)), np.empty((total, spec.rounds))
     lo = check.rows_done
@@ -275,7 +282,6 @@ def _fold(spec: MatmulSpec, check: MatmulCheck, data: Data, rows: int) -> None:
             y = x @ rb
             return y, np.square(x, out=x) @ rb2
         check.lhs[row:end], check.sq[row:end] = _rows(c[row - lo:end - lo], times_r)
-        check.c_finite = check.c_finite and bool(np.all(np.isfinite(c[row - lo:end - lo])))
         row = end
     check.rows_done = rows
 
@@ -283,7 +289,7 @@ def _fold(spec: MatmulSpec, check: MatmulCheck, data: Data, rows: int) -> None:
 def absorb(spec: MatmulSpec, check: MatmulCheck, index: int, data: Data, upto: int) -> None:
     """The rows of C within the first `upto` bytes of output `index` (all arrived, as the renter receives C in
     parts while the job runs) folded into the check now, so :func:`verify` reads only the rows after them."""
-    itemsize = np.dtype(DTYPES[spec.dtype][0]).itemsize
+    itemsize = _itemsize(spec)
     if index != 0 or len(data) != spec.batch * spec.m * spec.n * itemsize:
         return  # not this job's C: verify() says why
     _fold(spec, check, data, min(upto // (spec.n * itemsize), spec.batch * spec.m))
@@ -300,16 +306,16 @@ def verify(spec: MatmulSpec, inputs: list[Data], outputs: list[Data], rng: np.ra
         return Verdict(False, "matmul: exactly one output expected")
     try:
         check = prepared if prepared is not None else prepare(spec, inputs, rng)
-        size = spec.batch * spec.m * spec.n * np.dtype(DTYPES[spec.dtype][0]).itemsize
+        size = spec.batch * spec.m * spec.n * _itemsize(spec)
         if len(outputs[0]) != size:
             raise JobError(f"matmul: {len(outputs[0])} bytes do not hold {(spec.batch, spec.m, spec.n)} {spec.dtype}")
         early = check.rows_done if outputs[0] is check.source else 0
         _fold(spec, check, outputs[0], spec.batch * spec.m)
     except JobError as exc:
         return Verdict(False, str(exc))
-    if check.inputs_finite and not check.c_finite:
-        return Verdict(False, "matmul: non-finite output from finite inputs")
     assert check.lhs is not None and check.sq is not None
+    if check.inputs_finite and not np.all(np.isfinite(check.sq)):
+        return Verdict(False, "matmul: non-finite output from finite inputs")
     u_out = DTYPES[spec.dtype][1]
     for bi in range(spec.batch):
         rows = slice(bi * spec.m, (bi + 1) * spec.m)
