@@ -52,6 +52,12 @@ class BlobRef(Record):
         return data
 
 
+def transfer_deadline(timeout_s: float, nbytes: int) -> float:
+    """How long any bulk send or receive of `nbytes` may take: the protocol timeout plus a second per MiB (a floor
+    of 1 MiB/s)."""
+    return timeout_s + nbytes / (1 << 20)
+
+
 def chunks(data: bytes | memoryview, size: int = CHUNK):
     """Views of at most `size` bytes each (an empty blob is zero chunks); framing them is their one copy."""
     view = memoryview(data).cast("B")

@@ -18,16 +18,11 @@ from typing import Any
 
 import trio
 
-from ..compute.blobs import BlobError, BlobRef, chunks, receive_blob, receive_into
+from ..compute.blobs import BlobError, BlobRef, chunks, receive_blob, receive_into, transfer_deadline
 from ..compute.mapped import map_file
 from ..compute.sandbox import OutputPart
 from ..identity import Identity
 from .negotiation import MAX_OUTPUTS, JobOutput, JobStream, NegotiationError
-
-
-def _deadline(timeout_s: float, nbytes: int) -> float:
-    """Every bulk wait: the protocol timeout plus a second per MiB (a floor of 1 MiB/s)."""
-    return timeout_s + nbytes / (1 << 20)
 
 
 class PartSender:
@@ -42,8 +37,7 @@ class PartSender:
         self.job_id = job_id
         self.timeout_s = timeout_s
         self.sent: dict[int, int] = {}
-        self.totals: dict[int, int] = {}
-        self._views: dict[int, memoryview] = {}
+        self._views: dict[int, memoryview] = {}  # each streamed output's file, mapped: its length is the total
         self._hash: dict[int, Any] = {}  # sha256 of each output's bytes sent so far
         self._queue, self._parts = trio.open_memory_channel(math.inf)
         self._done = trio.Event()
@@ -73,12 +67,12 @@ class PartSender:
             # the job's own output file, mapped read-only; runners are the fixed registry's, which never shrink
             # a file they reported, so reading the reported range is safe while the job writes later parts
             view = self._views[part.index] = map_file(part.path)
-            self.totals[part.index], self._hash[part.index] = part.size, hashlib.sha256()
-        if len(view) != part.size or self.totals[part.index] != part.size:
+            self._hash[part.index] = hashlib.sha256()
+        if len(view) != part.size:
             raise BlobError(f"output {part.index}: file of {len(view)} bytes, reported {part.size}")
         msg = JobOutput(job_id=self.job_id, index=part.index, offset=start, size=part.upto - start, total=part.size)
         async with self.js._send_lock:
-            with trio.fail_after(_deadline(self.timeout_s, msg.size)):
+            with trio.fail_after(transfer_deadline(self.timeout_s, msg.size)):
                 await self.js.fs.send_message(msg, self.identity)
                 for piece in chunks(view[start:part.upto]):
                     await self.js.fs.send(piece)
@@ -89,7 +83,7 @@ class PartSender:
         """The job_result's refs — the sha256 of exactly the bytes the renter gets: the parts sent, then the rest
         of the final output — and the rest of each output, to send after the result. None if the outputs do not
         fit the parts already sent (then the provider reports a crash instead of a result nobody can check)."""
-        if any(i >= len(outputs) or len(outputs[i]) != self.totals[i] for i in self.sent):
+        if any(i >= len(outputs) or len(outputs[i]) != len(self._views[i]) for i in self.sent):
             return None
         refs, rest = [], []
         for i, out in enumerate(outputs):
@@ -127,7 +121,7 @@ class PartReceiver:
         if msg.total != len(buf) or msg.offset != self.got[i]:
             raise NegotiationError(f"job_output: output {i} part at {msg.offset} of {msg.total}, expected "
                                    f"{self.got[i]} of {len(buf)}")
-        with trio.fail_after(_deadline(self.timeout_s, msg.size)):
+        with trio.fail_after(transfer_deadline(self.timeout_s, msg.size)):
             await receive_into(self.fs, buf[msg.offset:msg.offset + msg.size], self._hash[i])
         self.got[i] += msg.size
         if self.on_part is not None:
@@ -138,7 +132,7 @@ class PartReceiver:
             raise NegotiationError("job_result: parts were sent of an output it does not list")
         outputs = []
         for i, ref in enumerate(refs):
-            with trio.fail_after(_deadline(self.timeout_s, ref.size - self.got.get(i, 0))):
+            with trio.fail_after(transfer_deadline(self.timeout_s, ref.size - self.got.get(i, 0))):
                 if i not in self.bufs:
                     outputs.append(await receive_blob(self.fs, ref, max_size=self.max_bytes))
                     continue

@@ -25,7 +25,7 @@ import trio
 
 from ..chain import escrow
 from ..chain.stake import required_stake, stake_of
-from ..compute.blobs import BlobError, receive_blob, send_blob
+from ..compute.blobs import BlobError, receive_blob, send_blob, transfer_deadline
 from ..compute.jobs import KINDS, JobError, JobSpec
 from ..compute.sandbox import JobFiles, Limits, PartCallback, WorkerPool
 from ..config import NodeConfig
@@ -381,7 +381,7 @@ class _Job:
         # inputs go straight into the job's files, which the sandbox child maps: no copy on the way to the job
         with JobFiles(sum(r.size for r in req.spec.inputs)) as files:
             for ref in req.spec.inputs:
-                with trio.fail_after(m.request_timeout_s + ref.size / (1 << 20)):
+                with trio.fail_after(transfer_deadline(m.request_timeout_s, ref.size)):
                     await receive_blob(js.fs, ref, max_size=m.max_input_bytes, into=files.new_input(ref.size))
             await self._run(req, quote, files)
 
@@ -464,7 +464,7 @@ class _Job:
             # would be read as a blob chunk by the renter
             tail = sum(map(len, rest))
             async with js._send_lock:
-                with trio.fail_after(svc.market.request_timeout_s + tail / (1 << 20)):
+                with trio.fail_after(transfer_deadline(svc.market.request_timeout_s, tail)):
                     await js.fs.send_message(msg, svc.identity)
                     for part in rest:
                         await send_blob(js.fs, part)

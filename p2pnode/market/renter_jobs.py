@@ -27,7 +27,7 @@ import trio
 
 from ..chain import escrow
 from ..compute.attest_service import operator_peer_ids
-from ..compute.blobs import send_blob
+from ..compute.blobs import send_blob, transfer_deadline
 from ..compute.jobs import Data, JobSpec, Prepared, absorb, prepare, verify
 from ..config import NodeConfig
 from ..errors import ProtocolError, UserError
@@ -430,7 +430,7 @@ class _RenterJob:
         r.progress("upload", f"escrow funded ({self.fund_sig[:16]}...), sending {len(self.inputs)} input blob(s)")
         for data in self.inputs:
             async with js._send_lock:
-                with trio.fail_after(m.request_timeout_s + len(data) / (1 << 20)):
+                with trio.fail_after(transfer_deadline(m.request_timeout_s, len(data))):
                     await send_blob(js.fs, data)
         started = await js.recv(JobProgress, timeout_s=m.request_timeout_s + m.fund_timeout_s)
         if started.message.job_id != a.job_id or started.message.state != "started":
